@@ -1,0 +1,122 @@
+"""The click use case: verify, label, store durably, then redirect. No framework imports.
+
+Storage and dedup are passed in (Cassandra and Redis in production, fakes in unit tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import datetime
+from typing import Mapping, Protocol
+
+from click_api import events
+from click_api.ads import AD_STATUS_ACTIVE, TTLCache, with_click_id
+from click_api.events import Click, RequestInfo
+from click_api.tokens import TokenError, verify
+
+log = logging.getLogger(__name__)
+
+
+class AdLike(Protocol):
+    ad_id: str
+    advertiser_id: str
+    target_url: str
+    status: str
+
+
+class Store(Protocol):
+    def get_ad(self, ad_id: str) -> AdLike | None: ...
+    def save_click(self, click: Click) -> None: ...
+
+
+class Deduper(Protocol):
+    def first_click(self, impression_id: str) -> bool | None: ...
+    def forget(self, impression_id: str) -> None: ...
+
+
+class Spool(Protocol):
+    def append(self, click: Click) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What /click answers: a redirect (with the stored click) or an error."""
+
+    status_code: int
+    location: str | None = None
+    click: Click | None = None
+    error: str | None = None
+    reason: str | None = None  # the label counted in metrics
+    spooled: bool = False
+
+
+class ClickService:
+    def __init__(
+        self,
+        store: Store,
+        deduper: Deduper,
+        keys: Mapping[str, bytes],
+        token_lifetime: int,
+        fingerprint_salt: bytes,
+        click_id_param: str,
+        ad_cache: TTLCache,
+        spool: Spool | None = None,
+    ):
+        self.store = store
+        self.deduper = deduper
+        self.keys = keys
+        self.token_lifetime = token_lifetime
+        self.fingerprint_salt = fingerprint_salt
+        self.click_id_param = click_id_param
+        self.ad_cache = ad_cache
+        self.spool = spool
+
+    def handle(self, token: str | None, request: RequestInfo, now: datetime) -> Outcome:
+        try:
+            impression = verify(token, self.keys)
+        except TokenError as error:
+            return Outcome(400, error=str(error), reason=error.reason)
+
+        ad = self.ad_cache.get(impression.ad_id, self.store.get_ad)
+        if ad is None:
+            return Outcome(404, error="this ad does not exist", reason="unknown_ad")
+        if ad.status != AD_STATUS_ACTIVE:
+            return Outcome(410, error="this ad is no longer running", reason="paused_ad")
+
+        status, reason = self._label(impression, request, now)
+        click = events.build_click(impression, ad.advertiser_id, request, now, status, reason, self.fingerprint_salt)
+        spooled = self._persist(click)
+        if spooled is None:
+            if status == events.VALID:
+                self.deduper.forget(impression.impression_id)
+            return Outcome(503, error="the click could not be recorded; please try again", reason="unavailable")
+        location = with_click_id(ad.target_url, self.click_id_param, click.click_id)
+        return Outcome(302, location=location, click=click, reason=reason or status, spooled=spooled)
+
+    def _label(self, impression, request: RequestInfo, now: datetime) -> tuple[str, str | None]:
+        if events.is_expired(impression, now, self.token_lifetime):
+            return events.EXPIRED, None
+        reason = events.invalid_reason(request)
+        if reason:
+            return events.INVALID, reason
+        # With Redis down the click is stored as valid; the rollups still count the impression once.
+        if self.deduper.first_click(impression.impression_id) is False:
+            return events.DUPLICATE, None
+        return events.VALID, None
+
+    def _persist(self, click: Click) -> bool | None:
+        """Store the click: False when in Cassandra, True when spooled, None when nowhere."""
+        try:
+            self.store.save_click(click)
+            return False
+        except Exception as error:  # any driver failure: fall back to the spool
+            log.warning("cassandra write failed for click %s: %s", click.click_id, error)
+        if self.spool is None:
+            return None
+        try:
+            self.spool.append(click)
+            return True
+        except OSError as error:
+            log.error("spool write failed for click %s: %s", click.click_id, error)
+            return None

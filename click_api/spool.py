@@ -1,0 +1,149 @@
+"""A local durable spool for clicks Cassandra could not take, and its replayer.
+
+Each worker process appends to its own file, one JSON line per click, and fsyncs before the
+append returns, so a spooled click survives a crash of the process or the machine. The
+replayer seals a file (atomic rename), writes every line to Cassandra (idempotent: the click
+ID is in the key) and deletes the file only when all its lines are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+from click_api.events import Click
+
+log = logging.getLogger(__name__)
+
+ACTIVE_SUFFIX = ".active.jsonl"
+SEALED_SUFFIX = ".sealed.jsonl"
+
+
+def encode(click: Click) -> str:
+    record = click.as_dict()
+    for field in ("clicked_at", "issued_at"):
+        record[field] = record[field].isoformat()
+    return json.dumps(record, separators=(",", ":"))
+
+
+def decode(line: str) -> Click:
+    record = json.loads(line)
+    for field in ("clicked_at", "issued_at"):
+        record[field] = datetime.fromisoformat(record[field])
+    return Click(**record)
+
+
+class Spool:
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{socket.gethostname()}-{os.getpid()}"
+        self._lock = threading.Lock()
+        self._file = None
+        self._seq = 0
+
+    @property
+    def active_path(self) -> Path:
+        return self.directory / f"{self.owner}-{self._seq}{ACTIVE_SUFFIX}"
+
+    def append(self, click: Click) -> None:
+        """Write one click and fsync it; raise OSError if it could not be made durable."""
+        line = (encode(click) + "\n").encode()
+        with self._lock:
+            if self._file is None:
+                self._file = open(self.active_path, "ab")
+                _fsync_dir(self.directory)
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def seal(self) -> None:
+        """Close the active file and mark it ready for replay; the next append opens a new one."""
+        with self._lock:
+            if self._file is None:
+                return
+            self._file.close()
+            self._file = None
+            path = self.active_path
+            path.rename(path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)))
+            self._seq += 1
+            _fsync_dir(self.directory)
+
+    def depth(self) -> int:
+        """Clicks waiting in this directory (all workers' files)."""
+        total = 0
+        for path in self.directory.glob("*.jsonl"):
+            try:
+                with open(path, "rb") as handle:
+                    total += sum(1 for _ in handle)
+            except FileNotFoundError:
+                continue
+        return total
+
+    def replay(self, save: Callable[[Click], None]) -> int:
+        """Seal this process's file, store every sealed click, delete what was stored; return the count."""
+        self.seal()
+        self._seal_orphans()
+        stored = 0
+        for path in sorted(self.directory.glob(f"*{SEALED_SUFFIX}")):
+            claimed = path.with_name(path.name + f".replaying-{self.owner}")
+            try:
+                path.rename(claimed)  # only one replayer wins a file
+            except FileNotFoundError:
+                continue
+            try:
+                for click in _read(claimed):
+                    save(click)
+                    stored += 1
+            except Exception:
+                claimed.rename(path)  # give it back; it is replayed again later
+                raise
+            claimed.unlink()
+            log.info("replayed spool file %s", path.name)
+        return stored
+
+    def _seal_orphans(self) -> None:
+        """Seal active files of processes on this host that are gone (a crashed worker's spool)."""
+        host = socket.gethostname()
+        for path in self.directory.glob(f"{host}-*{ACTIVE_SUFFIX}"):
+            pid = path.name[len(host) + 1 :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                path.rename(path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)))
+        for path in self.directory.glob(f"*{SEALED_SUFFIX}.replaying-{host}-*"):
+            pid = path.name.rsplit(f"replaying-{host}-", 1)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                path.rename(path.with_name(path.name.split(".replaying-", 1)[0]))
+
+
+def _read(path: Path) -> Iterator[Click]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.endswith("\n"):
+                # A torn last line: the append never returned, so that click was answered 503.
+                log.warning("ignoring torn line %d of %s", number, path.name)
+                continue
+            yield decode(line)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

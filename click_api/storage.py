@@ -1,0 +1,149 @@
+"""Cassandra adapter: schema migrations, the ad registry and the raw click writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from datetime import datetime, timezone
+from importlib import resources
+
+from cassandra import ConsistencyLevel
+from cassandra.cluster import Cluster, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+from click_api.ads import AD_STATUS_ACTIVE
+from click_api.events import Click
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPLICATION = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ad:
+    ad_id: str
+    advertiser_id: str
+    target_url: str
+    status: str = AD_STATUS_ACTIVE
+
+
+def connect(hosts: list[str], port: int, local_dc: str = "datacenter1", timeout: float = 10.0) -> Cluster:
+    """Return a connected-on-demand Cluster with the project's load-balancing policy."""
+    return Cluster(
+        hosts,
+        port=port,
+        protocol_version=5,
+        connect_timeout=timeout,
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
+    )
+
+
+def check_keyspace(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"keyspace {name!r} must be a lower-case identifier")
+    return name
+
+
+def migrations() -> list[tuple[int, str, list[str]]]:
+    """The versioned CQL migrations shipped in click_api/migrations, oldest first."""
+    found = []
+    for entry in resources.files("click_api.migrations").iterdir():
+        match = re.match(r"^(\d{4})_(\w+)\.cql$", entry.name)
+        if match:
+            text = entry.read_text()
+            lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
+            statements = [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+            found.append((int(match.group(1)), match.group(2), statements))
+    return sorted(found)
+
+
+def migrate(session: Session, keyspace: str, replication: str = DEFAULT_REPLICATION) -> list[int]:
+    """Apply the migrations not yet recorded in ``<keyspace>.schema_migrations``; return those applied."""
+    keyspace = check_keyspace(keyspace)
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}")
+    session.execute(
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations "
+        "(version int PRIMARY KEY, name text, applied_at timestamp)"
+    )
+    done = {row.version for row in session.execute(f"SELECT version FROM {keyspace}.schema_migrations")}
+    applied = []
+    for version, name, statements in migrations():
+        if version in done:
+            continue
+        for statement in statements:
+            session.execute(statement.format(keyspace=keyspace, replication=replication), timeout=60)
+        session.execute(
+            f"INSERT INTO {keyspace}.schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+            (version, name, datetime.now(timezone.utc)),
+        )
+        log.info("applied migration %04d_%s", version, name)
+        applied.append(version)
+    return applied
+
+
+class CassandraStore:
+    """Reads ads and writes raw clicks; every write is keyed so that a retry overwrites."""
+
+    def __init__(self, session: Session, keyspace: str, raw_click_ttl: int, shards: int):
+        keyspace = check_keyspace(keyspace)
+        self.session = session
+        self.shards = shards
+        self.raw_click_ttl = raw_click_ttl
+        self._insert_click = session.prepare(
+            f"INSERT INTO {keyspace}.raw_clicks (minute, shard, impression_id, click_id, ad_id, advertiser_id,"
+            " clicked_at, issued_at, stored_at, user_id, fingerprint, referrer, status, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        )
+        self._insert_by_impression = session.prepare(
+            f"INSERT INTO {keyspace}.clicks_by_impression (impression_id, clicked_at, click_id, status)"
+            " VALUES (?, ?, ?, ?) USING TTL ?"
+        )
+        self._select_ad = session.prepare(
+            f"SELECT ad_id, advertiser_id, target_url, status FROM {keyspace}.ads WHERE ad_id = ?"
+        )
+        self._insert_ad = session.prepare(
+            f"INSERT INTO {keyspace}.ads (ad_id, advertiser_id, target_url, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self._list_ads = f"SELECT ad_id, advertiser_id, target_url, status FROM {keyspace}.ads"
+        for statement in (self._insert_click, self._insert_by_impression):
+            statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        self._select_ad.consistency_level = ConsistencyLevel.LOCAL_ONE
+
+    def get_ad(self, ad_id: str) -> Ad | None:
+        row = self.session.execute(self._select_ad, (ad_id,)).one()
+        return Ad(row.ad_id, row.advertiser_id, row.target_url, row.status) if row else None
+
+    def put_ad(self, ad: Ad) -> None:
+        now = datetime.now(timezone.utc)
+        self.session.execute(self._insert_ad, (ad.ad_id, ad.advertiser_id, ad.target_url, ad.status, now, now))
+
+    def list_ads(self) -> list[Ad]:
+        return [Ad(r.ad_id, r.advertiser_id, r.target_url, r.status) for r in self.session.execute(self._list_ads)]
+
+    def save_click(self, click: Click, stored_at: datetime | None = None, timeout: float = 2.0) -> None:
+        """Write the click to both tables and wait for both acknowledgements; raise on failure."""
+        stored_at = stored_at or datetime.now(timezone.utc)
+        futures = [
+            self.session.execute_async(
+                self._insert_click,
+                (
+                    click.minute, click.shard(self.shards), click.impression_id, click.click_id, click.ad_id,
+                    click.advertiser_id, click.clicked_at, click.issued_at, stored_at, click.user_id,
+                    click.fingerprint, click.referrer, click.status, click.reason, self.raw_click_ttl,
+                ),
+                timeout=timeout,
+            ),
+            self.session.execute_async(
+                self._insert_by_impression,
+                (click.impression_id, click.clicked_at, click.click_id, click.status, self.raw_click_ttl),
+                timeout=timeout,
+            ),
+        ]
+        for future in futures:
+            future.result()
+
+    def ping(self) -> None:
+        self.session.execute("SELECT release_version FROM system.local", timeout=2.0)

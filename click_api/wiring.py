@@ -1,0 +1,77 @@
+"""Builds the real adapters (Cassandra, Redis, spool) from the app config."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+import redis
+
+from click_api import metrics
+from click_api.ads import TTLCache
+from click_api.capture import ClickService
+from click_api.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Services:
+    store: object
+    deduper: object
+    spool: Spool | None
+    clicks: ClickService
+
+
+def make_click_service(cfg, store, deduper, spool) -> Services:
+    clicks = ClickService(
+        store=store,
+        deduper=deduper,
+        keys=cfg["SIGNING_KEYS"],
+        token_lifetime=cfg["WINDOWS"].token_lifetime,
+        fingerprint_salt=cfg["FINGERPRINT_SALT"],
+        click_id_param=cfg["CLICK_ID_PARAM"],
+        ad_cache=TTLCache(cfg["AD_CACHE_SIZE"], cfg["AD_CACHE_TTL_S"]),
+        spool=spool,
+    )
+    return Services(store=store, deduper=deduper, spool=spool, clicks=clicks)
+
+
+def build_services(cfg) -> Services:
+    from click_api.dedup import RedisDeduper
+    from click_api.storage import CassandraStore, connect
+
+    cluster = connect(cfg["CASSANDRA_HOSTS"], cfg["CASSANDRA_PORT"], cfg["CASSANDRA_LOCAL_DC"])
+    session = cluster.connect()
+    store = CassandraStore(session, cfg["CASSANDRA_KEYSPACE"], cfg["WINDOWS"].raw_click_ttl, cfg["RAW_CLICK_SHARDS"])
+    client = redis.Redis.from_url(cfg["REDIS_URL"], socket_timeout=0.2, socket_connect_timeout=0.2)
+    deduper = RedisDeduper(client, cfg["WINDOWS"].redis_dedup_ttl)
+    return make_click_service(cfg, store, deduper, Spool(cfg["SPOOL_DIR"]))
+
+
+def replay_once(services: Services) -> int:
+    """Drain the spool into Cassandra if there is anything to drain and Cassandra answers."""
+    spool = services.spool
+    if spool is None or spool.depth() == 0:
+        return 0
+    services.store.ping()
+    count = spool.replay(services.store.save_click)
+    metrics.REPLAYED.inc(count)
+    metrics.SPOOL_DEPTH.set(spool.depth())
+    return count
+
+
+def start_replayer(services: Services, interval: float, stop: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                count = replay_once(services)
+                if count:
+                    log.info("replayed %d spooled clicks into cassandra", count)
+            except Exception as error:  # Cassandra still down: try again next round
+                log.warning("spool replay postponed: %s", error)
+
+    thread = threading.Thread(target=loop, name="spool-replayer", daemon=True)
+    thread.start()
+    return thread
