@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Spark 3.5 runs from the pyspark package in local mode; this fetches the extra jars once:
+# the Cassandra connector (with its own dependencies) and s3a (hadoop-aws + AWS SDK bundle).
+# Usage: infra/spark.sh install|status
+set -euo pipefail
+SERVICE=spark
+source "$(dirname "$0")/lib.sh"
+
+# pyspark already ships these, in the versions Spark was built with.
+PROVIDED="scala-library,scala-reflect,slf4j-api,commons-lang3,metrics-core,paranamer"
+
+install() {
+  if [[ -f "$SPARK_JARS_DIR/spark-cassandra-connector_2.12-3.5.1.jar" ]]; then say "jars present in $SPARK_JARS_DIR"; return; fi
+  require_java17
+  command -v mvn >/dev/null || die "Maven is missing: apt-get install -y maven"
+  say "fetching spark-cassandra-connector 3.5.1, hadoop-aws 3.3.4 and aws-java-sdk-bundle from Maven Central (about 300 MB)"
+  rm -rf "$SPARK_JARS_DIR.tmp"
+  mvn -q -B -f "$REPO_ROOT/infra/spark/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+      -DexcludeArtifactIds="$PROVIDED" -DoutputDirectory="$SPARK_JARS_DIR.tmp" ||
+    die "Maven could not fetch the Spark jars (is Maven Central reachable? see the output above)"
+  mkdir -p "$(dirname "$SPARK_JARS_DIR")"
+  mv "$SPARK_JARS_DIR.tmp" "$SPARK_JARS_DIR"
+}
+
+case "${1:-}" in
+  install) install ;;
+  status) printf '%-12s %-8s %s\n' spark "$SPARK_MASTER" "jars in $SPARK_JARS_DIR (runs per job, no daemon)" ;;
+  *) echo "usage: $0 install|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,62 @@
+"""SparkSession construction and the arguments every job shares."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from datetime import datetime, timezone
+from typing import Mapping
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse an ISO-8601 instant; naive values are taken as UTC."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def window_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--start", required=True, type=parse_utc, help="interval start (inclusive), ISO-8601 UTC")
+    parser.add_argument("--end", required=True, type=parse_utc, help="interval end (exclusive), ISO-8601 UTC")
+    return parser
+
+
+def build_session(app_name: str, environ: Mapping[str, str], master: str | None = None):
+    """A SparkSession wired to Cassandra and S3 from the environment (see the README's table)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    jars_dir = environ.get("SPARK_JARS_DIR", "")
+    jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar"))) if jars_dir else []
+    settings = {
+        "spark.jars": ",".join(jars),
+        "spark.sql.extensions": "com.datastax.spark.connector.CassandraSparkExtensions",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": environ.get("SPARK_SHUFFLE_PARTITIONS", "4"),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.ui.enabled": environ.get("SPARK_UI_ENABLED", "false"),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.cassandra.connection.host": environ.get("CASSANDRA_HOST", "127.0.0.1"),
+        "spark.cassandra.connection.port": environ.get("CASSANDRA_PORT", "9042"),
+        "spark.cassandra.connection.localDC": environ.get("CASSANDRA_LOCAL_DC", "datacenter1"),
+        "spark.cassandra.input.consistency.level": "LOCAL_QUORUM",
+        "spark.hadoop.fs.s3a.endpoint": environ.get("S3_ENDPOINT", ""),
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(environ.get("S3_ENDPOINT", "").startswith("https")).lower(),
+        "spark.hadoop.fs.s3a.endpoint.region": environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        "spark.hadoop.fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        "spark.hadoop.fs.s3a.access.key": environ.get("AWS_ACCESS_KEY_ID", ""),
+        "spark.hadoop.fs.s3a.secret.key": environ.get("AWS_SECRET_ACCESS_KEY", ""),
+    }
+    if master:
+        # Only when run without spark-submit (tests, a plain python call): spark-submit sets the master.
+        settings["spark.master"] = master
+    for key, value in settings.items():
+        if value != "":
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(environ.get("SPARK_LOG_LEVEL", "WARN"))
+    return spark
