@@ -1,0 +1,46 @@
+# The front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+INFRA := infra
+PY := source infra/env.sh && PYTHONPATH=$(CURDIR) $$VENV/bin/python
+
+.PHONY: help install up down status run demo test test-unit test-integration lint sql backfill lock
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+install: ## Install what is missing: Debian packages, the Python environment, Cassandra and Spark jars
+	@$(INFRA)/install.sh
+
+up: ## Install what is missing and start every service (idempotent)
+	@$(INFRA)/services.sh up
+
+down: ## Stop the services this project started
+	@$(INFRA)/services.sh down
+
+status: ## Show each service: state, port, pid, log file
+	@$(INFRA)/services.sh status
+
+run: up demo ## The whole thing on a fresh machine: install, start, push clicks through, show results
+
+demo: ## Send real clicks, have Airflow roll them up, show them in the warehouse (services must be up)
+	@$(PY) -m infra.demo
+
+test: up ## Install, start the services and run every test (unit, integration, end-to-end)
+	@$(INFRA)/test.sh
+
+test-unit: ## Unit tests only: no services needed
+	@$(PY) -m pytest -q -m "not integration and not e2e" tests
+
+lint: ## Ruff over the code
+	@source infra/env.sh && $$VENV/bin/ruff check .
+
+sql: ## Open a read-only SQL shell on the warehouse (works while loads run)
+	@$(PY) -m warehouse.cli
+
+backfill: ## Re-run the minute rollup over a range: make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=<UTC start> TO=<UTC end>"; exit 2; }
+	@$(INFRA)/airflow.sh cli backfill create --dag-id rollup_clicks_minute --from-date "$(FROM)" --to-date "$(TO)" --reprocess-behavior completed --max-active-runs 1
+
+lock: ## Re-resolve requirements.txt into requirements.lock
+	@source infra/env.sh && $$VENV/bin/pip freeze --exclude-editable | sed '1i # Exact versions of every Python package, resolved from requirements.txt; used as pip constraints.\n# Refresh: make lock' > requirements.lock

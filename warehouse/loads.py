@@ -1,0 +1,180 @@
+"""Loads into the warehouse. Each replaces exactly its interval inside one transaction, so a
+reader sees the old interval or the new one, never a mix, and a re-run changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+
+from warehouse.schema import COUNT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+ROLLUP_PIPELINE = "rollup_clicks_minute"
+_SUMS = ", ".join(f"sum({c})::BIGINT AS {c}" for c in COUNT_COLUMNS)
+_COUNTS = ", ".join(COUNT_COLUMNS)
+_MINUTE_COLUMNS = f"minute_at, ad_id, advertiser_id, {_COUNTS}, unique_users"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    load_id: str
+    start: datetime
+    end: datetime
+    rows_deleted: int
+    rows_inserted: int
+    users_inserted: int
+    hours_refreshed: int
+    days_refreshed: int
+    watermark: datetime | None
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        for key in ("start", "end", "watermark"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def _floor(moment: datetime, unit: str) -> datetime:
+    if unit == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ceil(moment: datetime, unit: str) -> datetime:
+    floor = _floor(moment, unit)
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
+    return floor if floor == moment else floor + step
+
+
+def load_clicks_minute(
+    con: duckdb.DuckDBPyConnection,
+    minute_files: str,
+    user_files: str,
+    start: datetime,
+    end: datetime,
+    advance_watermark: bool = True,
+) -> LoadResult:
+    """Replace [start, end) of the minute facts from Parquet, then the hours and days it touches."""
+    start, end = _naive_utc(start), _naive_utc(end)
+    if end <= start:
+        raise ValueError("the interval's end must be after its start")
+    load_id = uuid.uuid4().hex
+    cur = con.cursor()
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        new = f"(SELECT {_MINUTE_COLUMNS} FROM read_parquet(?))"
+        outside = cur.execute(
+            f"SELECT count(*) FROM {new} WHERE minute_at < ? OR minute_at >= ?", [minute_files, start, end]
+        ).fetchone()[0]
+        if outside:
+            raise ValueError(f"{outside} rows of {minute_files} fall outside [{start}, {end})")
+        # Ads whose rows change: the old rows' ads and the new rows' ads.
+        cur.execute(
+            f"""CREATE TEMP TABLE touched AS
+                SELECT DISTINCT ad_id FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?
+                UNION SELECT DISTINCT ad_id FROM {new}""",
+            [start, end, minute_files],
+        )
+        deleted = cur.execute(
+            "DELETE FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?", [start, end]
+        ).fetchone()[0]
+        inserted = cur.execute(
+            f"INSERT INTO fct_clicks_minute SELECT {_MINUTE_COLUMNS}, now()::TIMESTAMP FROM {new} "
+            "ORDER BY advertiser_id, ad_id, minute_at",
+            [minute_files],
+        ).fetchone()[0]
+        cur.execute("DELETE FROM stg_clicks_minute_users WHERE minute_at >= ? AND minute_at < ?", [start, end])
+        users = cur.execute(
+            "INSERT INTO stg_clicks_minute_users SELECT minute_at, ad_id, user_hash FROM read_parquet(?) "
+            "WHERE minute_at >= ? AND minute_at < ?",
+            [user_files, start, end],
+        ).fetchone()[0]
+        cur.execute(
+            f"""INSERT INTO dim_ads BY NAME
+                SELECT ad_id, any_value(advertiser_id) AS advertiser_id,
+                       min(minute_at) AS first_seen_at, max(minute_at) AS last_seen_at
+                FROM {new} GROUP BY ad_id
+                ON CONFLICT (ad_id) DO UPDATE SET
+                    advertiser_id = excluded.advertiser_id,
+                    first_seen_at = least(dim_ads.first_seen_at, excluded.first_seen_at),
+                    last_seen_at = greatest(dim_ads.last_seen_at, excluded.last_seen_at)""",
+            [minute_files],
+        )
+        hours = refresh_rollup(cur, "hour", _floor(start, "hour"), _ceil(end, "hour"))
+        days = refresh_rollup(cur, "day", _floor(start, "day"), _ceil(end, "day"))
+        watermark = advance(cur, ROLLUP_PIPELINE, start, end) if advance_watermark else None
+        cur.execute(
+            "INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, ?, ?, now()::TIMESTAMP)",
+            [load_id, start, end, deleted, inserted],
+        )
+        cur.execute("DROP TABLE touched")
+        cur.execute("COMMIT")
+    except Exception:
+        cur.execute("ROLLBACK")
+        raise
+    finally:
+        cur.close()
+    result = LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)
+    log.info("loaded fct_clicks_minute %s", result.as_dict())
+    return result
+
+
+def refresh_rollup(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, end: datetime) -> int:
+    """Recompute the touched ads' hour or day rows in [start, end) from the minutes; return rows written."""
+    table, grain = ("fct_clicks_hour", "hour_at") if unit == "hour" else ("fct_clicks_day", "day_at")
+    cur.execute(
+        f"DELETE FROM {table} WHERE {grain} >= ? AND {grain} < ? AND ad_id IN (SELECT ad_id FROM touched)",
+        [start, end],
+    )
+    return cur.execute(
+        f"""INSERT INTO {table}
+            WITH sums AS (
+                SELECT date_trunc('{unit}', minute_at) AS {grain}, ad_id, any_value(advertiser_id) AS advertiser_id,
+                       {_SUMS}
+                FROM fct_clicks_minute
+                WHERE minute_at >= ? AND minute_at < ? AND ad_id IN (SELECT ad_id FROM touched)
+                GROUP BY ALL
+            ), users AS (
+                SELECT date_trunc('{unit}', minute_at) AS {grain}, ad_id, count(DISTINCT user_hash) AS unique_users
+                FROM stg_clicks_minute_users
+                WHERE minute_at >= ? AND minute_at < ? AND ad_id IN (SELECT ad_id FROM touched)
+                GROUP BY ALL
+            )
+            SELECT sums.{grain}, sums.ad_id, sums.advertiser_id, {_COUNTS},
+                   coalesce(users.unique_users, 0), now()::TIMESTAMP
+            FROM sums LEFT JOIN users USING ({grain}, ad_id)
+            ORDER BY sums.advertiser_id, sums.ad_id, sums.{grain}""",
+        [start, end, start, end],
+    ).fetchone()[0]
+
+
+def advance(cur: duckdb.DuckDBPyConnection, pipeline: str, start: datetime, end: datetime) -> datetime:
+    """Move the watermark to ``end`` when the load is contiguous with it; never move it back."""
+    row = cur.execute(
+        "SELECT complete_through_at FROM meta_watermarks WHERE pipeline = ?", [pipeline]
+    ).fetchone()
+    current = row[0] if row else None
+    if current is None or (start <= current < end):
+        current = end
+        cur.execute(
+            "INSERT OR REPLACE INTO meta_watermarks VALUES (?, ?, now()::TIMESTAMP)", [pipeline, current]
+        )
+    elif start > current:
+        log.warning("load [%s, %s) leaves a gap after the watermark %s: watermark kept", start, end, current)
+    return current
+
+
+def watermark(con: duckdb.DuckDBPyConnection, pipeline: str = ROLLUP_PIPELINE) -> datetime | None:
+    row = con.execute("SELECT complete_through_at FROM meta_watermarks WHERE pipeline = ?", [pipeline]).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,103 @@
+"""The warehouse's tables, created by versioned migrations. docs/warehouse.md describes each one.
+
+Times are UTC, stored as naive TIMESTAMPs whose names end in ``_at``.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+COUNT_COLUMNS = (
+    "billable_clicks",
+    "duplicate_clicks",
+    "expired_clicks",
+    "invalid_clicks",
+    "invalid_head_clicks",
+    "invalid_prefetch_clicks",
+    "invalid_bot_clicks",
+)
+
+_COUNTS_DDL = ",\n".join(f"    {name} BIGINT NOT NULL" for name in COUNT_COLUMNS)
+
+
+def _fact_table(name: str, grain_column: str) -> str:
+    return f"""
+CREATE TABLE {name} (
+    {grain_column} TIMESTAMP NOT NULL,
+    ad_id VARCHAR NOT NULL,
+    advertiser_id VARCHAR NOT NULL,
+{_COUNTS_DDL},
+    unique_users BIGINT NOT NULL,
+    loaded_at TIMESTAMP NOT NULL
+)"""
+
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "initial",
+        [
+            _fact_table("fct_clicks_minute", "minute_at"),
+            _fact_table("fct_clicks_hour", "hour_at"),
+            _fact_table("fct_clicks_day", "day_at"),
+            # Hashed users behind each (ad, minute)'s billable clicks: hour and day unique users
+            # are exact distinct counts over these rows (kept for STG_USERS_RETENTION_DAYS).
+            """
+CREATE TABLE stg_clicks_minute_users (
+    minute_at TIMESTAMP NOT NULL,
+    ad_id VARCHAR NOT NULL,
+    user_hash BIGINT NOT NULL
+)""",
+            """
+CREATE TABLE dim_ads (
+    ad_id VARCHAR PRIMARY KEY,
+    advertiser_id VARCHAR NOT NULL,
+    first_seen_at TIMESTAMP NOT NULL,
+    last_seen_at TIMESTAMP NOT NULL
+)""",
+            # Up to which minute each pipeline's data is complete (exclusive).
+            """
+CREATE TABLE meta_watermarks (
+    pipeline VARCHAR PRIMARY KEY,
+    complete_through_at TIMESTAMP NOT NULL,
+    updated_at TIMESTAMP NOT NULL
+)""",
+            # One row per load: what interval was replaced, by what, and how many rows.
+            """
+CREATE TABLE meta_loads (
+    load_id VARCHAR NOT NULL,
+    table_name VARCHAR NOT NULL,
+    interval_start_at TIMESTAMP NOT NULL,
+    interval_end_at TIMESTAMP NOT NULL,
+    rows_deleted BIGINT NOT NULL,
+    rows_inserted BIGINT NOT NULL,
+    loaded_at TIMESTAMP NOT NULL
+)""",
+        ],
+    ),
+]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply the migrations the file has not seen yet, each in its own transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+    )
+    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = []
+    for version, name, statements in MIGRATIONS:
+        if version in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)", [version, name]
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
