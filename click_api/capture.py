@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from click_api import events
 from click_api.ads import AD_STATUS_ACTIVE, TTLCache, with_click_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from click_api.tokens import parse_keys
 from click_api.windows import Windows

@@ -13,9 +13,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 from click_api.events import Click
 

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from typing import Mapping
+from collections.abc import Mapping
 
 VERSION = "v1"
 MAX_TOKEN_LENGTH = 1024

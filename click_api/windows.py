@@ -11,8 +11,8 @@ docs/design.md explains each window; the README's configuration table names the 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Mapping
 
 MINUTE = 60
 HOUR = 60 * MINUTE
@@ -42,7 +42,7 @@ class Windows:
     }
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "Windows":
+    def from_env(cls, environ: Mapping[str, str]) -> Windows:
         """Build the windows from environment variables, defaults for the ones not set."""
         values = {}
         for field, var in cls.ENV.items():

@@ -88,7 +88,7 @@ def main() -> int:
     airflow.wait_for_dag("rollup_clicks_minute")
     airflow.set_paused("rollup_clicks_minute", False)
     run_id = airflow.trigger("rollup_clicks_minute", start, end, note="make run demo")
-    print(f"    (the run first waits for its interval to close plus the allowed lateness)")
+    print("    (the run first waits for its interval to close plus the allowed lateness)")
     state = airflow.wait_for_run("rollup_clicks_minute", run_id, timeout=900, progress=lambda m: print(f"    {m}"))
     if state != "success":
         print(f"the DAG run ended {state}: see {airflow_url}/dags/rollup_clicks_minute", file=sys.stderr)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Mapping
 
 
 def parse_utc(text: str) -> datetime:
