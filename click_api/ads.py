@@ -50,13 +50,19 @@ class TTLCache(Generic[V]):
         self._lock = threading.Lock()
 
     def get(self, key: str, load: Callable[[str], V]) -> V:
+        """The cached value, else ``load(key)``; if loading fails, an expired value is better than none."""
         now = self.clock()
         with self._lock:
             hit = self._items.get(key)
             if hit and hit[0] > now:
                 self._items.move_to_end(key)
                 return hit[1]
-        value = load(key)
+        try:
+            value = load(key)
+        except Exception:
+            if hit is None:
+                raise
+            return hit[1]
         with self._lock:
             self._items[key] = (now + self.ttl, value)
             self._items.move_to_end(key)

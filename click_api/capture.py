@@ -29,6 +29,7 @@ class AdLike(Protocol):
 class Store(Protocol):
     def get_ad(self, ad_id: str) -> AdLike | None: ...
     def save_click(self, click: Click) -> None: ...
+    def has_billable_click(self, impression_id: str) -> bool: ...
 
 
 class Deduper(Protocol):
@@ -36,8 +37,17 @@ class Deduper(Protocol):
     def forget(self, impression_id: str) -> None: ...
 
 
+class AdMirror(Protocol):
+    def put(self, ad) -> None: ...
+    def get(self, ad_id: str) -> AdLike | None: ...
+
+
 class Spool(Protocol):
     def append(self, click: Click) -> None: ...
+
+
+class AdUnavailable(Exception):
+    """Neither Cassandra nor the mirror could say where this ad goes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +73,7 @@ class ClickService:
         click_id_param: str,
         ad_cache: TTLCache,
         spool: Spool | None = None,
+        ad_mirror: AdMirror | None = None,
     ):
         self.store = store
         self.deduper = deduper
@@ -72,6 +83,7 @@ class ClickService:
         self.click_id_param = click_id_param
         self.ad_cache = ad_cache
         self.spool = spool
+        self.ad_mirror = ad_mirror
 
     def handle(self, token: str | None, request: RequestInfo, now: datetime) -> Outcome:
         try:
@@ -79,7 +91,10 @@ class ClickService:
         except TokenError as error:
             return Outcome(400, error=str(error), reason=error.reason)
 
-        ad = self.ad_cache.get(impression.ad_id, self.store.get_ad)
+        try:
+            ad = self.ad_cache.get(impression.ad_id, self._load_ad)
+        except AdUnavailable:
+            return Outcome(503, error="this ad cannot be looked up right now; please try again", reason="unavailable")
         if ad is None:
             return Outcome(404, error="this ad does not exist", reason="unknown_ad")
         if ad.status != AD_STATUS_ACTIVE:
@@ -95,16 +110,41 @@ class ClickService:
         location = with_click_id(ad.target_url, self.click_id_param, click.click_id)
         return Outcome(302, location=location, click=click, reason=reason or status, spooled=spooled)
 
+    def _load_ad(self, ad_id: str) -> AdLike | None:
+        """The ad from Cassandra (copied to the mirror), or from the mirror when Cassandra fails."""
+        try:
+            ad = self.store.get_ad(ad_id)
+        except Exception as error:
+            mirrored = self.ad_mirror.get(ad_id) if self.ad_mirror else None
+            if mirrored is None:
+                raise AdUnavailable(ad_id) from error
+            return mirrored
+        if ad is not None and self.ad_mirror is not None:
+            self.ad_mirror.put(ad)
+        return ad
+
     def _label(self, impression, request: RequestInfo, now: datetime) -> tuple[str, str | None]:
         if events.is_expired(impression, now, self.token_lifetime):
             return events.EXPIRED, None
         reason = events.invalid_reason(request)
         if reason:
             return events.INVALID, reason
-        # With Redis down the click is stored as valid; the rollups still count the impression once.
-        if self.deduper.first_click(impression.impression_id) is False:
-            return events.DUPLICATE, None
-        return events.VALID, None
+        first = self.deduper.first_click(impression.impression_id)
+        if first is None:  # Redis unreachable: ask storage, which is keyed by impression
+            first = self._first_in_storage(impression.impression_id)
+        return (events.VALID, None) if first else (events.DUPLICATE, None)
+
+    def _first_in_storage(self, impression_id: str) -> bool:
+        """Whether storage has no billable click of the impression yet; True if it cannot tell.
+
+        Labelling a repeat "valid" here costs nothing: the rollups bill only the impression's
+        first click, whatever the labels say.
+        """
+        try:
+            return not self.store.has_billable_click(impression_id)
+        except Exception as error:  # Cassandra down too: the click is spooled as valid
+            log.warning("duplicate check in storage failed for %s: %s", impression_id, error)
+            return True
 
     def _persist(self, click: Click) -> bool | None:
         """Store the click: False when in Cassandra, True when spooled, None when nowhere."""

@@ -10,10 +10,10 @@ from importlib import resources
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 
 from click_api.ads import AD_STATUS_ACTIVE
-from click_api.events import Click
+from click_api.events import DUPLICATE, VALID, Click
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def connect(hosts: list[str], port: int, local_dc: str = "datacenter1", timeout:
         protocol_version=5,
         connect_timeout=timeout,
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
+        # Come back within seconds after an outage, so the spool drains soon after Cassandra does.
+        reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=5.0),
     )
 
 
@@ -107,6 +109,9 @@ class CassandraStore:
             f"INSERT INTO {keyspace}.ads (ad_id, advertiser_id, target_url, status, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)"
         )
+        self._select_impression = session.prepare(
+            f"SELECT status FROM {keyspace}.clicks_by_impression WHERE impression_id = ? LIMIT 100"
+        )
         self._list_ads = f"SELECT ad_id, advertiser_id, target_url, status FROM {keyspace}.ads"
         for statement in (self._insert_click, self._insert_by_impression):
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
@@ -144,6 +149,11 @@ class CassandraStore:
         ]
         for future in futures:
             future.result()
+
+    def has_billable_click(self, impression_id: str, timeout: float = 1.0) -> bool:
+        """True when a valid or duplicate click of the impression is already stored."""
+        rows = self.session.execute(self._select_impression, (impression_id,), timeout=timeout)
+        return any(row.status in (VALID, DUPLICATE) for row in rows)
 
     def ping(self) -> None:
         self.session.execute("SELECT release_version FROM system.local", timeout=2.0)

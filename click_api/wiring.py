@@ -24,7 +24,7 @@ class Services:
     clicks: ClickService
 
 
-def make_click_service(cfg, store, deduper, spool) -> Services:
+def make_click_service(cfg, store, deduper, spool, ad_mirror=None) -> Services:
     clicks = ClickService(
         store=store,
         deduper=deduper,
@@ -34,11 +34,13 @@ def make_click_service(cfg, store, deduper, spool) -> Services:
         click_id_param=cfg["CLICK_ID_PARAM"],
         ad_cache=TTLCache(cfg["AD_CACHE_SIZE"], cfg["AD_CACHE_TTL_S"]),
         spool=spool,
+        ad_mirror=ad_mirror,
     )
     return Services(store=store, deduper=deduper, spool=spool, clicks=clicks)
 
 
 def build_services(cfg) -> Services:
+    from click_api.admirror import RedisAdMirror
     from click_api.dedup import RedisDeduper
     from click_api.storage import CassandraStore, connect
 
@@ -47,7 +49,7 @@ def build_services(cfg) -> Services:
     store = CassandraStore(session, cfg["CASSANDRA_KEYSPACE"], cfg["WINDOWS"].raw_click_ttl, cfg["RAW_CLICK_SHARDS"])
     client = redis.Redis.from_url(cfg["REDIS_URL"], socket_timeout=0.2, socket_connect_timeout=0.2)
     deduper = RedisDeduper(client, cfg["WINDOWS"].redis_dedup_ttl)
-    return make_click_service(cfg, store, deduper, Spool(cfg["SPOOL_DIR"]))
+    return make_click_service(cfg, store, deduper, Spool(cfg["SPOOL_DIR"]), RedisAdMirror(client))
 
 
 def replay_once(services: Services) -> int:

@@ -32,6 +32,12 @@ class FakeStore:
         self._check()
         self.clicks[click.click_id] = click
 
+    def has_billable_click(self, impression_id: str) -> bool:
+        self._check()
+        return any(
+            c.impression_id == impression_id and c.status in ("valid", "duplicate") for c in self.clicks.values()
+        )
+
     def ping(self) -> None:
         self._check()
 

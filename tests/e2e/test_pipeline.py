@@ -1,0 +1,66 @@
+"""One click over HTTP, rolled up by a DAG run that Airflow executes, counted once in the warehouse."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from click_api import config
+from click_api.storage import Ad, CassandraStore, connect
+from click_api.tokens import Impression, mint, new_impression_id
+from infra.airflow_api import AirflowAPI
+from tests.services import click_base_url, require_env, unique, warehouse_sql
+
+pytestmark = pytest.mark.e2e
+DAG = "rollup_clicks_minute"
+
+
+@pytest.fixture(scope="module")
+def airflow():
+    require_env()
+    api = AirflowAPI(f"http://127.0.0.1:{os.environ['AIRFLOW_PORT']}", os.environ["AIRFLOW_USER"],
+                     os.environ["AIRFLOW_PASSWORD"])
+    api.wait_for_dag(DAG)
+    api.set_paused(DAG, False)
+    yield api
+    api.set_paused(DAG, True)
+
+
+def run_rollup(airflow: AirflowAPI, start: datetime, end: datetime) -> str:
+    run_id = airflow.trigger(DAG, start, end, note="e2e test")
+    state = airflow.wait_for_run(DAG, run_id, timeout=900)
+    assert state == "success", f"{run_id} ended {state}: {airflow.task_states(DAG, run_id)}"
+    return run_id
+
+
+def test_one_click_is_counted_once_by_an_airflow_run(airflow):
+    cfg = config.from_env(os.environ)
+    cluster = connect(cfg["CASSANDRA_HOSTS"], cfg["CASSANDRA_PORT"], cfg["CASSANDRA_LOCAL_DC"])
+    store = CassandraStore(cluster.connect(), cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
+    ad = Ad(unique("e2e-ad"), unique("e2e-adv"), "https://landing.example.com/e2e")
+    store.put_ad(ad)
+    cluster.shutdown()
+
+    impression = Impression(new_impression_id(), ad.ad_id, int(time.time()), cfg["SIGNING_KEY_ID"], "e2e-user")
+    clicked = datetime.now(timezone.utc)
+    response = requests.get(f"{click_base_url()}/click", params={"t": mint(impression, cfg["SIGNING_KEYS"])},
+                            headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0"},
+                            allow_redirects=False, timeout=10)
+    assert response.status_code == 302
+
+    start = clicked.replace(second=0, microsecond=0)
+    end = start + timedelta(minutes=1)
+    query = ("SELECT minute_at, billable_clicks, duplicate_clicks, unique_users FROM fct_clicks_minute "
+             "WHERE ad_id = ? ORDER BY minute_at")
+    run_rollup(airflow, start, end)
+    first = warehouse_sql(query, [ad.ad_id])
+    assert first == [[start.replace(tzinfo=None).isoformat(), 1, 0, 1]]
+
+    # Clearing and re-running the same interval changes nothing.
+    run_rollup(airflow, start, end)
+    assert warehouse_sql(query, [ad.ad_id]) == first
+    assert warehouse_sql("SELECT billable_clicks FROM fct_clicks_hour WHERE ad_id = ?", [ad.ad_id]) == [[1]]
