@@ -26,6 +26,10 @@ def _required(environ: Mapping[str, str], name: str, hint: str) -> str:
 def from_env(environ: Mapping[str, str]) -> dict:
     """Return the Flask config mapping for the click service."""
     keys = _required(environ, "CLICK_SIGNING_KEYS", "set it to 'keyid:secret[,keyid:secret]'")
+    ring = parse_keys(keys)
+    key_id = environ.get("CLICK_SIGNING_KEY_ID", "").strip() or next(iter(ring))
+    if key_id not in ring:
+        raise ValueError(f"CLICK_SIGNING_KEY_ID {key_id!r} is not one of the ids in CLICK_SIGNING_KEYS ({', '.join(ring)})")
     return {
         "CASSANDRA_HOSTS": environ.get("CASSANDRA_HOST", "127.0.0.1").split(","),
         "CASSANDRA_PORT": _int(environ, "CASSANDRA_PORT", 9042),
@@ -34,8 +38,8 @@ def from_env(environ: Mapping[str, str]) -> dict:
         "RAW_CLICK_SHARDS": _int(environ, "RAW_CLICK_SHARDS", 16),
         "REDIS_URL": environ.get("REDIS_URL")
         or f"redis://{environ.get('REDIS_HOST', '127.0.0.1')}:{_int(environ, 'REDIS_PORT', 6379)}/0",
-        "SIGNING_KEYS": parse_keys(keys),
-        "SIGNING_KEY_ID": environ.get("CLICK_SIGNING_KEY_ID") or keys.split(":", 1)[0],
+        "SIGNING_KEYS": ring,
+        "SIGNING_KEY_ID": key_id,
         "FINGERPRINT_SALT": environ.get("CLICK_FINGERPRINT_SALT", keys).encode(),
         "CLICK_ID_PARAM": environ.get("CLICK_ID_PARAM", "clickagg_cid"),
         "AD_CACHE_SIZE": _int(environ, "AD_CACHE_SIZE", 100_000),

@@ -122,13 +122,21 @@ class Spool:
 
 
 def _read(path: Path) -> Iterator[Click]:
-    with open(path, encoding="utf-8") as handle:
+    """The clicks of a spool file. A line that cannot be decoded is kept aside in rejected.lines."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             if not line.endswith("\n"):
                 # A torn last line: the append never returned, so that click was answered 503.
                 log.warning("ignoring torn line %d of %s", number, path.name)
                 continue
-            yield decode(line)
+            try:
+                yield decode(line)
+            except (ValueError, TypeError, KeyError) as error:
+                log.error("spool line %d of %s is unreadable (%s); kept in rejected.lines", number, path.name, error)
+                with open(path.parent / "rejected.lines", "a", encoding="utf-8") as rejected:
+                    rejected.write(line)
+                    rejected.flush()
+                    os.fsync(rejected.fileno())
 
 
 def _alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 VERSION = "v1"
 MAX_TOKEN_LENGTH = 1024
+MAX_ID_LENGTH = 128  # ad and user IDs; keeps every minted token well under MAX_TOKEN_LENGTH
 
 
 class TokenError(ValueError):
@@ -43,6 +44,7 @@ def parse_keys(spec: str) -> dict[str, bytes]:
     ring: dict[str, bytes] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         key_id, sep, secret = item.partition(":")
+        key_id = key_id.strip()
         if not sep or not key_id or not secret:
             raise ValueError("signing keys must look like 'keyid:secret[,keyid:secret...]'")
         if "." in key_id:
@@ -75,7 +77,10 @@ def mint(impression: Impression, keys: Mapping[str, bytes]) -> str:
     if impression.user_id:
         payload["u"] = impression.user_id
     body = f"{VERSION}.{impression.key_id}.{_b64(json.dumps(payload, separators=(',', ':')).encode())}"
-    return f"{body}.{_sign(keys[impression.key_id], body)}"
+    token = f"{body}.{_sign(keys[impression.key_id], body)}"
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ValueError(f"the token would be longer than {MAX_TOKEN_LENGTH} characters: shorten the ad or user ID")
+    return token
 
 
 def verify(token: str | None, keys: Mapping[str, bytes]) -> Impression:
@@ -87,6 +92,8 @@ def verify(token: str | None, keys: Mapping[str, bytes]) -> Impression:
         raise TokenError("missing", "the click link has no token")
     if len(token) > MAX_TOKEN_LENGTH:
         raise TokenError("malformed", "the click token is too long")
+    if not token.isascii():
+        raise TokenError("malformed", "the click token contains characters a token never has")
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != VERSION:
         raise TokenError("malformed", "the click token is malformed or truncated")
@@ -110,9 +117,10 @@ def verify(token: str | None, keys: Mapping[str, bytes]) -> Impression:
     if not (
         isinstance(impression.impression_id, str)
         and len(impression.impression_id) == 32
+        and all(ch in "0123456789abcdef" for ch in impression.impression_id)
         and isinstance(impression.ad_id, str)
         and impression.ad_id
-        and isinstance(impression.issued_at, int)
+        and type(impression.issued_at) is int
         and (impression.user_id is None or isinstance(impression.user_id, str))
     ):
         raise TokenError("malformed", "the click token's content is incomplete")

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, make_response, redirect, requ
 
 from click_api import metrics
 from click_api.events import RequestInfo
-from click_api.tokens import Impression, mint, new_impression_id
+from click_api.tokens import MAX_ID_LENGTH, Impression, mint, new_impression_id
 
 log = logging.getLogger(__name__)
 bp = Blueprint("clicks", __name__)
@@ -83,8 +83,10 @@ def create_impression():
     if not isinstance(body, dict) or not isinstance(body.get("ad_id"), str) or not body["ad_id"]:
         return error_response(400, 'send JSON like {"ad_id": "ad-1", "user_id": "optional"}')
     user_id = body.get("user_id")
-    if user_id is not None and not isinstance(user_id, str):
-        return error_response(400, "user_id must be a string")
+    if user_id is not None and (not isinstance(user_id, str) or len(user_id) > MAX_ID_LENGTH):
+        return error_response(400, f"user_id must be a string of at most {MAX_ID_LENGTH} characters")
+    if len(body["ad_id"]) > MAX_ID_LENGTH:
+        return error_response(400, f"ad_id must be at most {MAX_ID_LENGTH} characters")
     ad = _services().store.get_ad(body["ad_id"])
     if ad is None:
         return error_response(404, f"ad {body['ad_id']!r} does not exist")

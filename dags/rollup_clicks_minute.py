@@ -17,11 +17,22 @@ STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "stagin
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
 JARS_DIR = Path(os.environ.get("SPARK_JARS_DIR", str(REPO / ".local" / "spark" / "jars")))
 
-# The job re-reads the last LOOKBACK_S before each interval, so clicks that reach Cassandra late
-# (a spool replayed after an outage, writes in flight at the run's start) land in their own minute.
-WINDOW_START = f"{{{{ (data_interval_start - macros.timedelta(seconds={LOOKBACK_S})).isoformat() }}}}"
-WINDOW_END = "{{ data_interval_end.isoformat() }}"
-OUTPUT = STAGING_DIR + "/fct_clicks_minute/{{ data_interval_start.strftime('%Y%m%dT%H%M') }}"
+PLAN = "{{{{ ti.xcom_pull(task_ids='plan_window')['{}'] }}}}"
+
+
+def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime) -> dict:
+    """The window a run rolls up: ``conf`` start/end when given (manual runs), else its data
+    interval widened by the lookback, so clicks that reach Cassandra late (a spool replayed after
+    an outage, writes in flight when the run starts) are counted in their own minute."""
+    if conf.get("start") or conf.get("end"):
+        start = datetime.fromisoformat(conf["start"]).astimezone(timezone.utc)
+        end = datetime.fromisoformat(conf["end"]).astimezone(timezone.utc)
+    else:
+        start, end = data_interval_start - timedelta(seconds=LOOKBACK_S), data_interval_end
+    if end <= start or start.second or end.second or start.microsecond or end.microsecond:
+        raise ValueError(f"the window [{start}, {end}) must be whole minutes, end after start")
+    output = f"{STAGING_DIR}/fct_clicks_minute/{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
+    return {"start": start.isoformat(), "end": end.isoformat(), "output": output}
 
 
 def _warehouse_post(path: str, body: dict, timeout: float) -> dict:
@@ -51,21 +62,27 @@ Each run covers its data interval plus a lookback of {LOOKBACK_S}s, waits {LATEN
 interval closes, runs the Spark job `spark_jobs/fct_clicks_minute.py`, replaces that window in the
 warehouse (minute facts, then the hour and day rollups it touches), advances the watermark and runs
 the data-quality checks. Clearing and re-running any run rebuilds the same rows.
+A manual run may name its own window in its conf: `{{"start": "...", "end": "..."}}` (UTC, whole minutes).
 Backfill: `make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00`.
 """,
     tags=["clickagg", "rollup"],
 )
 def rollup_clicks_minute():
+    @task
+    def plan_window(dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
+        """Decide the window: the data interval plus the lookback, or conf start/end of a manual run."""
+        return plan(dag_run.conf or {}, data_interval_start, data_interval_end)
+
     @task.sensor(poke_interval=5, timeout=900, mode="reschedule")
-    def wait_for_late_clicks(data_interval_end=None) -> PokeReturnValue:
-        """Give clicks written just before the interval closed time to reach Cassandra."""
-        ready_at = data_interval_end + timedelta(seconds=LATENESS_S)
+    def wait_for_late_clicks(window: dict) -> PokeReturnValue:
+        """Give clicks written just before the window closed time to reach Cassandra."""
+        ready_at = datetime.fromisoformat(window["end"]) + timedelta(seconds=LATENESS_S)
         return PokeReturnValue(is_done=datetime.now(timezone.utc) >= ready_at)
 
     rollup = SparkSubmitOperator(
         task_id="spark_rollup",
         application=str(REPO / "spark_jobs" / "fct_clicks_minute.py"),
-        application_args=["--start", WINDOW_START, "--end", WINDOW_END, "--output", OUTPUT],
+        application_args=["--start", PLAN.format("start"), "--end", PLAN.format("end"), "--output", PLAN.format("output")],
         jars=",".join(str(p) for p in sorted(JARS_DIR.glob("*.jar"))) or None,
         driver_memory=os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
         conf={"spark.sql.shuffle.partitions": os.environ.get("SPARK_SHUFFLE_PARTITIONS", "4")},
@@ -75,33 +92,24 @@ def rollup_clicks_minute():
     )
 
     @task
-    def load_warehouse(data_interval_start=None, data_interval_end=None) -> dict:
+    def load_warehouse(window: dict) -> dict:
         """Replace the window in the warehouse from the job's Parquet output, atomically."""
         import shutil
 
-        start = data_interval_start - timedelta(seconds=LOOKBACK_S)
-        output = f"{STAGING_DIR}/fct_clicks_minute/{data_interval_start.strftime('%Y%m%dT%H%M')}"
-        result = _warehouse_post(
-            "/internal/loads/clicks-minute",
-            {"start": start.isoformat(), "end": data_interval_end.isoformat(), "output": output},
-            timeout=600,
-        )
-        shutil.rmtree(output, ignore_errors=True)
+        result = _warehouse_post("/internal/loads/clicks-minute", window, timeout=600)
+        shutil.rmtree(window["output"], ignore_errors=True)
         return result
 
     @task
-    def check_quality(load: dict, data_interval_start=None, data_interval_end=None) -> None:
+    def check_quality(window: dict) -> None:
         """Fail the run when a key is duplicated or null, or a count is impossible."""
-        start = data_interval_start - timedelta(seconds=LOOKBACK_S)
-        report = _warehouse_post(
-            "/internal/checks", {"start": start.isoformat(), "end": data_interval_end.isoformat()}, timeout=300
-        )
+        report = _warehouse_post("/internal/checks", {"start": window["start"], "end": window["end"]}, timeout=300)
         if not report["passed"]:
             raise ValueError("data-quality checks failed: " + "; ".join(report["failures"]))
 
-    loaded = load_warehouse()
-    wait_for_late_clicks() >> rollup >> loaded
-    check_quality(loaded)
+    window = plan_window()
+    loaded = load_warehouse(window)
+    wait_for_late_clicks(window) >> rollup >> loaded >> check_quality(window)
 
 
 rollup_clicks_minute()

@@ -44,20 +44,23 @@ class AirflowAPI:
             time.sleep(2)
 
     def trigger(self, dag_id: str, start: datetime, end: datetime, note: str = "") -> str:
-        """Trigger a run whose data interval is exactly [start, end); return its run ID."""
-        run_id = f"manual__{end.strftime('%Y%m%dT%H%M%S')}__{uuid.uuid4().hex[:8]}"
+        """Trigger a manual run for the window [start, end) (passed in its conf); return its run ID."""
+        run_id = f"manual__{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}__{uuid.uuid4().hex[:8]}"
         self._call(
             "POST",
             f"/dags/{dag_id}/dagRuns",
             json={
                 "dag_run_id": run_id,
-                "logical_date": end.isoformat(),
-                "data_interval_start": start.isoformat(),
-                "data_interval_end": end.isoformat(),
+                "logical_date": None,
+                "conf": {"start": start.isoformat(), "end": end.isoformat()},
                 "note": note or None,
             },
         )
         return run_id
+
+    def clear(self, dag_id: str, run_id: str) -> None:
+        """Clear every task of a finished run, so Airflow runs it again from the start."""
+        self._call("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]

@@ -56,11 +56,12 @@ def test_one_click_is_counted_once_by_an_airflow_run(airflow):
     end = start + timedelta(minutes=1)
     query = ("SELECT minute_at, billable_clicks, duplicate_clicks, unique_users FROM fct_clicks_minute "
              "WHERE ad_id = ? ORDER BY minute_at")
-    run_rollup(airflow, start, end)
+    run_id = run_rollup(airflow, start, end)
     first = warehouse_sql(query, [ad.ad_id])
     assert first == [[start.replace(tzinfo=None).isoformat(), 1, 0, 1]]
 
-    # Clearing and re-running the same interval changes nothing.
-    run_rollup(airflow, start, end)
+    # Clearing the run and letting Airflow run it again changes nothing.
+    airflow.clear(DAG, run_id)
+    assert airflow.wait_for_run(DAG, run_id, timeout=900) == "success"
     assert warehouse_sql(query, [ad.ad_id]) == first
     assert warehouse_sql("SELECT billable_clicks FROM fct_clicks_hour WHERE ad_id = ?", [ad.ad_id]) == [[1]]

@@ -1,0 +1,207 @@
+import json
+import socket
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from click_api.events import Click
+from click_api.spool import ACTIVE_SUFFIX, SEALED_SUFFIX, Spool, decode, encode
+
+CLICKED_AT = datetime(2024, 5, 1, 12, 0, 0, 123_000, tzinfo=timezone.utc)
+
+
+def make_click(n: int, **changes) -> Click:
+    fields = {
+        "click_id": f"{n:032x}",
+        "impression_id": f"{n + 1000:032x}",
+        "ad_id": "ad-1",
+        "advertiser_id": "adv-1",
+        "clicked_at": CLICKED_AT + timedelta(seconds=n),
+        "issued_at": datetime(2024, 5, 1, 11, 59, 30, tzinfo=timezone.utc),
+        "user_id": "u-1",
+        "fingerprint": "f" * 32,
+        "referrer": "https://news.example/",
+        "status": "valid",
+        "reason": None,
+    }
+    fields.update(changes)
+    return Click(**fields)
+
+
+class Saved:
+    """A save function that records clicks by ID, like Cassandra's keyed writes."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.clicks: dict[str, Click] = {}
+        self.calls = 0
+        self.fail_on = fail_on
+
+    def __call__(self, click: Click) -> None:
+        self.calls += 1
+        if click.click_id == self.fail_on:
+            raise ConnectionError("cassandra is down")
+        self.clicks[click.click_id] = click
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(tmp_path / "spool")
+
+
+def files(spool: Spool) -> list[str]:
+    return sorted(path.name for path in spool.directory.iterdir())
+
+
+def test_encode_then_decode_gives_back_the_click():
+    click = make_click(1)
+
+    assert decode(encode(click)) == click
+
+
+def test_encode_then_decode_keeps_absent_fields_absent():
+    click = make_click(2, user_id=None, referrer=None, status="invalid", reason="bot_user_agent")
+
+    assert decode(encode(click)) == click
+
+
+def test_encoded_click_is_one_json_line_with_iso_timestamps():
+    line = encode(make_click(1))
+
+    assert "\n" not in line
+    assert json.loads(line)["clicked_at"] == "2024-05-01T12:00:01.123000+00:00"
+
+
+def test_append_writes_one_line_per_click_in_an_active_file(spool):
+    spool.append(make_click(1))
+    spool.append(make_click(2))
+
+    [name] = files(spool)
+    assert name.endswith(ACTIVE_SUFFIX)
+    lines = (spool.directory / name).read_text().splitlines()
+    assert [decode(line) for line in lines] == [make_click(1), make_click(2)]
+
+
+def test_depth_counts_spooled_clicks(spool):
+    for n in range(3):
+        spool.append(make_click(n))
+
+    assert spool.depth() == 3
+
+
+def test_replay_stores_every_click_once_and_empties_the_spool(spool):
+    clicks = [make_click(n) for n in range(5)]
+    for click in clicks:
+        spool.append(click)
+    saved = Saved()
+
+    count = spool.replay(saved)
+
+    assert count == 5
+    assert saved.calls == 5
+    assert list(saved.clicks.values()) == clicks
+    assert spool.depth() == 0
+    assert files(spool) == []
+
+
+def test_second_replay_stores_nothing(spool):
+    spool.append(make_click(1))
+    spool.replay(Saved())
+    saved = Saved()
+
+    assert spool.replay(saved) == 0
+    assert saved.calls == 0
+
+
+def test_appends_after_a_replay_are_replayed_next_time(spool):
+    spool.append(make_click(1))
+    spool.replay(Saved())
+    spool.append(make_click(2))
+    saved = Saved()
+
+    assert spool.replay(saved) == 1
+    assert list(saved.clicks) == [make_click(2).click_id]
+
+
+def test_torn_last_line_is_skipped(spool):
+    sealed = spool.directory / f"other-host-1-0{SEALED_SUFFIX}"
+    sealed.write_text(encode(make_click(1)) + "\n" + encode(make_click(2))[:40])
+    saved = Saved()
+
+    count = spool.replay(saved)
+
+    assert count == 1
+    assert list(saved.clicks.values()) == [make_click(1)]
+    assert not sealed.exists()
+
+
+def test_failed_save_keeps_the_file_for_a_later_replay(spool):
+    clicks = [make_click(n) for n in range(3)]
+    for click in clicks:
+        spool.append(click)
+
+    with pytest.raises(ConnectionError):
+        spool.replay(Saved(fail_on=clicks[1].click_id))
+
+    [name] = files(spool)
+    assert name.endswith(SEALED_SUFFIX)
+    assert spool.depth() == 3
+    saved = Saved()
+    assert spool.replay(saved) == 3
+    assert list(saved.clicks.values()) == clicks
+    assert files(spool) == []
+
+
+def test_failure_in_one_file_keeps_earlier_files_replayed(spool):
+    first, second = make_click(1), make_click(2)
+    spool.append(first)
+    spool.seal()
+    spool.append(second)
+
+    failing = Saved(fail_on=second.click_id)
+
+    with pytest.raises(ConnectionError):
+        spool.replay(failing)
+
+    assert list(failing.clicks.values()) == [first]
+    saved = Saved()
+    assert spool.replay(saved) == 1
+    assert list(saved.clicks.values()) == [second]
+
+
+def test_orphaned_active_file_of_a_dead_worker_is_sealed_and_replayed(spool):
+    orphan = spool.directory / f"{socket.gethostname()}-999999-0{ACTIVE_SUFFIX}"
+    orphan.write_text(encode(make_click(7)) + "\n")
+    saved = Saved()
+
+    assert spool.replay(saved) == 1
+    assert list(saved.clicks.values()) == [make_click(7)]
+    assert files(spool) == []
+
+
+def test_file_claimed_by_a_dead_replayer_is_given_back(spool):
+    claimed = spool.directory / f"h-1-0{SEALED_SUFFIX}.replaying-{socket.gethostname()}-999999"
+    claimed.write_text(encode(make_click(3)) + "\n")
+    saved = Saved()
+
+    assert spool.replay(saved) == 1
+    assert list(saved.clicks.values()) == [make_click(3)]
+    assert files(spool) == []
+
+
+def test_active_file_of_a_live_process_on_this_host_is_left_alone(spool):
+    live = spool.directory / f"{socket.gethostname()}-1-0{ACTIVE_SUFFIX}"  # pid 1 always exists
+    live.write_text(encode(make_click(4)) + "\n")
+    saved = Saved()
+
+    assert spool.replay(saved) == 0
+    assert files(spool) == [live.name]
+
+
+def test_corrupt_line_in_one_file_does_not_block_the_other_files(spool):
+    (spool.directory / f"a-1-0{SEALED_SUFFIX}").write_text('{"click_id": "cut\n')
+    (spool.directory / f"b-1-0{SEALED_SUFFIX}").write_text(encode(make_click(1)) + "\n")
+    saved = Saved()
+
+    spool.replay(saved)
+
+    assert list(saved.clicks.values()) == [make_click(1)]
