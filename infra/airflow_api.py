@@ -83,3 +83,27 @@ class AirflowAPI:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} of {dag_id} still {state} after {timeout:.0f}s")
             time.sleep(3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m infra.airflow_api pause|unpause DAG_ID``: wait for the DAG to be parsed, then (un)pause it."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m infra.airflow_api")
+    parser.add_argument("action", choices=["pause", "unpause"])
+    parser.add_argument("dag_id")
+    args = parser.parse_args(argv)
+    api = AirflowAPI(
+        f"http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '18080')}",
+        os.environ.get("AIRFLOW_USER", "admin"),
+        os.environ.get("AIRFLOW_PASSWORD", "admin"),
+    )
+    api.wait_for_dag(args.dag_id)
+    api.set_paused(args.dag_id, args.action == "pause")
+    print(f"{args.dag_id}: {args.action}d")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

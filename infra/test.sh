@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 say "pausing the scheduled rollup while tests run"
-"$REPO_ROOT/infra/airflow.sh" cli dags pause rollup_clicks_minute >/dev/null 2>&1 || true
+PYTHONPATH="$REPO_ROOT" "$VENV/bin/python" -m infra.airflow_api pause rollup_clicks_minute
 
 say "lint"
 "$VENV/bin/ruff" check .
