@@ -20,13 +20,20 @@ JARS_DIR = Path(os.environ.get("SPARK_JARS_DIR", str(REPO / ".local" / "spark" /
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_window')['{}'] }}}}"
 
 
+def _utc(text: str) -> datetime:
+    """Parse an ISO-8601 time; one without an offset is UTC (not the host's zone)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime) -> dict:
     """The window a run rolls up: ``conf`` start/end when given (manual runs), else its data
     interval widened by the lookback, so clicks that reach Cassandra late (a spool replayed after
     an outage, writes in flight when the run starts) are counted in their own minute."""
     if conf.get("start") or conf.get("end"):
-        start = datetime.fromisoformat(conf["start"]).astimezone(timezone.utc)
-        end = datetime.fromisoformat(conf["end"]).astimezone(timezone.utc)
+        if not (conf.get("start") and conf.get("end")):
+            raise ValueError('a manual run\'s conf needs both "start" and "end" (ISO-8601, UTC)')
+        start, end = _utc(conf["start"]), _utc(conf["end"])
     else:
         start, end = data_interval_start - timedelta(seconds=LOOKBACK_S), data_interval_end
     if end <= start or start.second or end.second or start.microsecond or end.microsecond:

@@ -52,3 +52,13 @@ export CLICK_SIGNING_KEYS="${CLICK_SIGNING_KEYS:-k1:dev-signing-key-change-me}"
 export CLICK_SIGNING_KEY_ID="${CLICK_SIGNING_KEY_ID:-k1}"
 
 mkdir -p "$LOG_DIR" "$RUN_DIR"
+
+# The warehouse's /internal endpoints (loads, checks) need this bearer token; made once per machine.
+if [[ -z "${WAREHOUSE_ADMIN_TOKEN:-}" ]]; then
+  if [[ ! -s "$STATE_DIR/warehouse_admin_token" ]]; then
+    mkdir -p "$STATE_DIR"
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE_DIR/warehouse_admin_token")
+  fi
+  WAREHOUSE_ADMIN_TOKEN="$(cat "$STATE_DIR/warehouse_admin_token")"
+fi
+export WAREHOUSE_ADMIN_TOKEN

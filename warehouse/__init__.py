@@ -8,10 +8,16 @@ import duckdb
 
 
 def connect(path: str, read_only: bool = False, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse file, creating its folder. Times are naive UTC (no ICU extension needed)."""
+    """Open the warehouse file, creating its folder, with UTC as the time zone of every cursor.
+
+    Times are stored as naive UTC; with the session time zone set to UTC, ``now()::TIMESTAMP`` and
+    casts of offset-carrying values give UTC whatever the host's time zone is.
+    """
     if path != ":memory:" and not read_only:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     config: dict = {}
     if threads:
         config["threads"] = threads
-    return duckdb.connect(path, read_only=read_only, config=config)
+    con = duckdb.connect(path, read_only=read_only, config=config)
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
+    return con

@@ -42,8 +42,10 @@ def run_checks(con: duckdb.DuckDBPyConnection, start: datetime | None = None, en
                 count = cur.execute(sql.format(where=where), params).fetchone()[0]
                 if count:
                     failures.append(f"{name}: {count} rows")
+        minute_where = "minute_at >= ?::TIMESTAMP AND minute_at < ?::TIMESTAMP" if params else "true"
         orphans = cur.execute(
-            "SELECT count(*) FROM fct_clicks_minute f ANTI JOIN dim_ads d USING (ad_id)"
+            f"SELECT count(*) FROM fct_clicks_minute f ANTI JOIN dim_ads d USING (ad_id) WHERE {minute_where}",
+            params,
         ).fetchone()[0]
         if orphans:
             failures.append(f"fct_clicks_minute: {orphans} rows whose ad is missing from dim_ads")

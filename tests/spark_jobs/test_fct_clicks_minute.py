@@ -60,10 +60,12 @@ def impression_schema():
     )
 
 
-def label(spark, clicks: list[dict], earlier: list[dict] = ()):
-    """transform_billable over ``clicks``; clicks_by_impression holds them plus ``earlier`` ones."""
+def label(spark, clicks: list[dict], earlier: list[dict] = (), unindexed: tuple[str, ...] = ()):
+    """transform_billable over ``clicks``; clicks_by_impression holds them (but the ``unindexed``
+    click IDs) plus ``earlier`` ones."""
     clicks_df = spark.createDataFrame([tuple(c[k] for k in RAW_COLUMNS) for c in clicks], raw_schema())
-    by_impression = [tuple(c[k] for k in IMPRESSION_COLUMNS) for c in [*clicks, *earlier]]
+    indexed = [c for c in [*clicks, *earlier] if c["click_id"] not in unindexed]
+    by_impression = [tuple(c[k] for k in IMPRESSION_COLUMNS) for c in indexed]
     impression_df = spark.createDataFrame(by_impression, impression_schema())
     return transform_billable(clicks_df, impression_df)
 
@@ -175,6 +177,17 @@ def test_invalid_and_expired_clicks_are_never_billable_nor_anyones_first_click(s
     assert billable_by_click(labelled) == {
         "c1": False, "c2": False, "c3": True, "c4": False, "c5": False, "c6": True,
     }
+
+
+@pytest.mark.spark
+def test_a_click_missing_from_clicks_by_impression_still_competes_for_first(spark):
+    labelled = label(
+        spark,
+        [click("c1", "imp-1", at(0, 1)), click("c2", "imp-1", at(0, 2), status="duplicate")],
+        unindexed=("c1",),
+    )
+
+    assert billable_by_click(labelled) == {"c1": True, "c2": False}
 
 
 @pytest.mark.spark

@@ -1,0 +1,265 @@
+"""The rollup DAG parses, has the expected task graph, and hands the job and the warehouse one window."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from spark_jobs.fct_clicks_minute import minutes_between
+from spark_jobs.session import window_parser
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "rollup_clicks_minute"
+INTERVAL_START = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+INTERVAL_END = INTERVAL_START + timedelta(minutes=1)
+
+
+@pytest.fixture
+def parse(monkeypatch, tmp_path_factory, tmp_path):
+    """Parse the repo's dags/ folder into a DagBag, with a throwaway AIRFLOW_HOME and staging folder."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
+    monkeypatch.setenv("ROLLUP_STAGING_DIR", str(tmp_path / "staging"))
+    for name in ("ROLLUP_SCHEDULE", "ROLLUP_LATENESS_S", "ROLLUP_LOOKBACK_S", "ROLLUP_START_DATE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(**env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        # Importing Airflow replaces the root logger's handlers with its own; put pytest's back so
+        # the rest of the session logs as before.
+        handlers, level = logging.root.handlers[:], logging.root.level
+        from airflow.models import DagBag
+
+        logging.root.handlers[:], logging.root.level = handlers, level
+        return DagBag(dag_folder=str(REPO / "dags"))
+
+    return run
+
+
+@pytest.fixture
+def dag(parse):
+    return parse().dags[DAG_ID]
+
+
+def plan_window(dag, conf: dict | None = None) -> dict:
+    return dag.get_task("plan_window").python_callable(
+        dag_run=SimpleNamespace(conf=conf), data_interval_start=INTERVAL_START, data_interval_end=INTERVAL_END
+    )
+
+
+class FakeTaskInstance:
+    """Answers the templates' ``ti.xcom_pull(task_ids=...)`` with what the named task returned."""
+
+    def __init__(self, returned: dict):
+        self.returned = returned
+
+    def xcom_pull(self, task_ids):
+        return self.returned[task_ids]
+
+
+def render_spark_args(dag, window: dict) -> list[str]:
+    from airflow.sdk.execution_time import macros
+
+    task = dag.get_task("spark_rollup")
+    context = {
+        "data_interval_start": INTERVAL_START, "data_interval_end": INTERVAL_END, "macros": macros,
+        "ti": FakeTaskInstance({"plan_window": window}),
+    }
+    return task.render_template(task.application_args, context, jinja_env=dag.get_template_env())
+
+
+# The graph
+
+
+def test_the_dag_folder_imports_without_errors(parse):
+    bag = parse()
+
+    assert bag.import_errors == {}
+    assert list(bag.dags) == [DAG_ID]
+
+
+def test_the_tasks_run_in_order_wait_rollup_load_check_after_planning_the_window(dag):
+    edges = {(up, task.task_id) for task in dag.tasks for up in task.upstream_task_ids}
+
+    assert set(dag.task_ids) == {"plan_window", "wait_for_late_clicks", "spark_rollup", "load_warehouse", "check_quality"}
+    assert edges == {
+        ("wait_for_late_clicks", "spark_rollup"),
+        ("spark_rollup", "load_warehouse"),
+        ("load_warehouse", "check_quality"),
+        ("plan_window", "wait_for_late_clicks"),
+        ("plan_window", "load_warehouse"),
+        ("plan_window", "check_quality"),
+    }
+
+
+def test_runs_are_serial_retried_and_not_caught_up(dag):
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.start_date == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert dag.doc_md
+    assert all(task.retries >= 1 for task in dag.tasks)
+
+
+# The window
+
+
+def test_a_scheduled_run_plans_its_interval_widened_by_the_lookback(dag, tmp_path):
+    assert plan_window(dag, conf={}) == {
+        "start": "2026-01-01T09:50:00+00:00",
+        "end": "2026-01-01T10:01:00+00:00",
+        "output": f"{tmp_path}/staging/fct_clicks_minute/20260101T0950-20260101T1001",
+    }
+
+
+def test_the_lookback_comes_from_the_environment(parse):
+    window = plan_window(parse(ROLLUP_LOOKBACK_S="120").dags[DAG_ID], conf=None)
+
+    assert (window["start"], window["end"]) == ("2026-01-01T09:58:00+00:00", "2026-01-01T10:01:00+00:00")
+
+
+def test_a_manual_run_plans_the_window_of_its_conf(dag, tmp_path):
+    window = plan_window(dag, conf={"start": "2026-01-01T12:00:00+02:00", "end": "2026-01-01T10:30:00Z"})
+
+    assert window == {
+        "start": "2026-01-01T10:00:00+00:00",
+        "end": "2026-01-01T10:30:00+00:00",
+        "output": f"{tmp_path}/staging/fct_clicks_minute/20260101T1000-20260101T1030",
+    }
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"start": "2026-01-01T10:00:30+00:00", "end": "2026-01-01T10:05:00+00:00"},
+        {"start": "2026-01-01T10:05:00+00:00", "end": "2026-01-01T10:00:00+00:00"},
+    ],
+    ids=["unaligned", "reversed"],
+)
+def test_a_manual_window_must_be_whole_minutes_end_after_start(dag, conf):
+    with pytest.raises(ValueError, match="whole minutes"):
+        plan_window(dag, conf=conf)
+
+
+@pytest.fixture
+def tokyo_host(monkeypatch):
+    """Run as on a host whose local time zone is not UTC."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_manual_window_without_an_offset_is_utc_on_a_host_outside_utc(dag, tokyo_host):
+    window = plan_window(dag, conf={"start": "2026-01-01T10:00", "end": "2026-01-01T10:05"})
+
+    assert (window["start"], window["end"]) == ("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")
+
+
+def test_spark_rollup_args_are_the_planned_window(dag):
+    window = plan_window(dag, conf={})
+
+    args = render_spark_args(dag, window)
+
+    assert args == ["--start", window["start"], "--end", window["end"], "--output", window["output"]]
+
+
+def test_the_job_accepts_the_rendered_window(dag):
+    parser = window_parser("rollup")
+    parser.add_argument("--output")
+
+    args = parser.parse_args(render_spark_args(dag, plan_window(dag, conf={})))
+
+    minutes = minutes_between(args.start, args.end)
+    assert (minutes[0], len(minutes)) == (INTERVAL_START - timedelta(minutes=10), 11)
+
+
+# The tasks' calls to the warehouse
+
+
+class FakeResponse:
+    def __init__(self, body: dict, status_code: int = 200):
+        self.body, self.status_code, self.text = body, status_code, str(body)
+
+    def json(self) -> dict:
+        return self.body
+
+
+@pytest.fixture
+def warehouse_posts(monkeypatch):
+    """Record the tasks' calls to the warehouse service and answer with canned bodies."""
+    import requests
+
+    posts, answers = [], []
+
+    def post(url, json, headers, timeout):
+        posts.append({"url": url, "json": json, "headers": headers})
+        return answers.pop(0)
+
+    monkeypatch.setattr(requests, "post", post)
+    monkeypatch.setenv("WAREHOUSE_URL", "http://warehouse.test")
+    monkeypatch.setenv("WAREHOUSE_ADMIN_TOKEN", "tok")
+    return posts, answers
+
+
+def test_load_warehouse_loads_the_folder_the_job_wrote_then_removes_it(dag, warehouse_posts):
+    posts, answers = warehouse_posts
+    answers.append(FakeResponse({"rows_inserted": 3}))
+    window = plan_window(dag, conf={})
+    output = Path(render_spark_args(dag, window)[5])
+    (output / "minute").mkdir(parents=True)
+
+    result = dag.get_task("load_warehouse").python_callable(window)
+
+    assert result == {"rows_inserted": 3}
+    assert posts == [{
+        "url": "http://warehouse.test/internal/loads/clicks-minute",
+        "json": {"start": "2026-01-01T09:50:00+00:00", "end": "2026-01-01T10:01:00+00:00", "output": str(output)},
+        "headers": {"Authorization": "Bearer tok"},
+    }]
+    assert not output.exists()
+
+
+def test_check_quality_checks_the_window_and_fails_on_a_failure(dag, warehouse_posts):
+    posts, answers = warehouse_posts
+    answers.append(FakeResponse({"passed": False, "failures": ["fct_clicks_minute: negative count: 1 rows"]}))
+
+    with pytest.raises(ValueError, match="negative count"):
+        dag.get_task("check_quality").python_callable(plan_window(dag, conf={}))
+
+    assert posts[0]["url"] == "http://warehouse.test/internal/checks"
+    assert posts[0]["json"] == {"start": "2026-01-01T09:50:00+00:00", "end": "2026-01-01T10:01:00+00:00"}
+
+
+def test_check_quality_passes_on_a_clean_report(dag, warehouse_posts):
+    _, answers = warehouse_posts
+    answers.append(FakeResponse({"passed": True, "failures": []}))
+
+    assert dag.get_task("check_quality").python_callable(plan_window(dag, conf={})) is None
+    assert answers == []
+
+
+def test_a_warehouse_error_fails_the_task(dag, warehouse_posts):
+    _, answers = warehouse_posts
+    answers.append(FakeResponse({"error": "rows fall outside"}, status_code=400))
+
+    with pytest.raises(RuntimeError, match="400 to /internal/loads/clicks-minute"):
+        dag.get_task("load_warehouse").python_callable(plan_window(dag, conf={}))
+
+
+@pytest.mark.parametrize(
+    ("ended_ago", "done"),
+    [(timedelta(hours=1), True), (timedelta(seconds=5), False), (timedelta(hours=-1), False)],
+    ids=["long-closed", "closed-within-the-lateness", "not-closed"],
+)
+def test_the_sensor_waits_for_the_lateness_after_the_window(dag, ended_ago, done):
+    window = {"start": "2026-01-01T00:00:00+00:00", "end": (datetime.now(timezone.utc) - ended_ago).isoformat()}
+
+    result = dag.get_task("wait_for_late_clicks").python_callable(window)
+
+    assert result.is_done is done
