@@ -25,7 +25,7 @@ class Windows:
 
     token_lifetime: int = 1 * HOUR
     redis_dedup_ttl: int = 2 * HOUR
-    duplicate_horizon: int = 1 * DAY
+    duplicate_horizon: int = 3 * HOUR
     raw_click_ttl: int = 30 * DAY
     dump_retention: int = 400 * DAY
     rollup_lateness: int = 20

@@ -75,6 +75,40 @@ CREATE TABLE meta_loads (
 )""",
         ],
     ),
+    (
+        2,
+        "api_keys",
+        [
+            # Advertisers' API keys: only a hash of the secret is stored.
+            """
+CREATE TABLE dim_api_keys (
+    key_id VARCHAR PRIMARY KEY,
+    advertiser_id VARCHAR NOT NULL,
+    key_hash VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    revoked_at TIMESTAMP
+)""",
+        ],
+    ),
+    (
+        3,
+        "reconciliations",
+        [
+            # One row per reconciled hour (the latest run): what differed from the S3 dump and whether it was repaired.
+            """
+CREATE TABLE meta_reconciliations (
+    hour_at TIMESTAMP PRIMARY KEY,
+    cells_compared BIGINT NOT NULL,
+    cells_differed BIGINT NOT NULL,
+    total_abs_diff BIGINT NOT NULL,
+    repaired BOOLEAN NOT NULL,
+    run_seconds DOUBLE NOT NULL,
+    status VARCHAR NOT NULL,
+    detail VARCHAR,
+    reconciled_at TIMESTAMP NOT NULL
+)""",
+        ],
+    ),
 ]
 
 
