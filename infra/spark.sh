@@ -15,7 +15,7 @@ install() {
   command -v mvn >/dev/null || die "Maven is missing: apt-get install -y maven"
   say "fetching spark-cassandra-connector 3.5.1, hadoop-aws 3.3.4 and aws-java-sdk-bundle from Maven Central (about 300 MB)"
   rm -rf "$SPARK_JARS_DIR.tmp"
-  mvn -q -B -f "$REPO_ROOT/infra/spark/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+  mvn -q -B -Dstyle.color=never -f "$REPO_ROOT/infra/spark/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
       -DexcludeArtifactIds="$PROVIDED" -DoutputDirectory="$SPARK_JARS_DIR.tmp" ||
     die "Maven could not fetch the Spark jars (is Maven Central reachable? see the output above)"
   mkdir -p "$(dirname "$SPARK_JARS_DIR")"

@@ -33,9 +33,11 @@ REASONS = {"head_request": "invalid_head_clicks", "prefetch": "invalid_prefetch_
 CASSANDRA = "org.apache.spark.sql.cassandra"
 
 RAW_COLUMNS = [
-    "minute", "impression_id", "click_id", "ad_id", "advertiser_id", "clicked_at", "status", "reason",
+    "minute", "impression_id", "click_id", "ad_id", "advertiser_id", "clicked_at", "issued_at", "status", "reason",
     "user_id", "fingerprint",
 ]
+# Allowance for the minting server's clock running ahead of the click server's.
+CLOCK_SKEW = timedelta(minutes=2)
 MINUTE_COLUMNS = [
     "minute_at", "ad_id", "advertiser_id", "billable_clicks", "duplicate_clicks", "expired_clicks",
     "invalid_clicks", "invalid_head_clicks", "invalid_prefetch_clicks", "invalid_bot_clicks", "unique_users",
@@ -75,9 +77,15 @@ def extract(spark: SparkSession, keyspace: str, start: datetime, end: datetime, 
         .select(*RAW_COLUMNS)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    # An impression's clicks all come after it was issued: if it was issued inside the window, every
+    # earlier click of it is in ``clicks`` already. Only the others are looked up, one partition each.
+    issued_before_window = F.col("issued_at") < F.lit(start - CLOCK_SKEW)
     by_impression = cassandra_table(spark, keyspace, "clicks_by_impression")
     impression_clicks = (
-        clicks.select("impression_id").distinct().join(by_impression, on="impression_id", how="inner")
+        clicks.where(issued_before_window)
+        .select("impression_id")
+        .distinct()
+        .join(by_impression, on="impression_id", how="inner")
     )
     return clicks, impression_clicks
 

@@ -38,7 +38,8 @@ def click(
     minute = clicked_at.replace(second=0, microsecond=0)
     return {
         "minute": minute, "impression_id": impression_id, "click_id": click_id, "ad_id": ad_id,
-        "advertiser_id": "adv-" + ad_id, "clicked_at": clicked_at, "status": status, "reason": reason,
+        "advertiser_id": "adv-" + ad_id, "clicked_at": clicked_at, "issued_at": clicked_at - timedelta(seconds=5),
+        "status": status, "reason": reason,
         "user_id": user_id, "fingerprint": fingerprint,
     }
 
@@ -46,7 +47,7 @@ def click(
 def raw_schema():
     from pyspark.sql import types as T
 
-    timestamps = {"minute", "clicked_at"}
+    timestamps = {"minute", "clicked_at", "issued_at"}
     return T.StructType(
         [T.StructField(c, T.TimestampType() if c in timestamps else T.StringType()) for c in RAW_COLUMNS]
     )
