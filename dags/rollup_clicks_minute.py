@@ -15,7 +15,7 @@ LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
 LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
-JARS_DIR = Path(os.environ.get("SPARK_JARS_DIR", str(REPO / ".local" / "spark" / "jars")))
+JARS_DIR = Path(os.environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_window')['{}'] }}}}"
 

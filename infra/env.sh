@@ -41,7 +41,8 @@ export WAREHOUSE_PORT="${WAREHOUSE_PORT:-18100}"
 export WAREHOUSE_PATH="${WAREHOUSE_PATH:-$STATE_DIR/warehouse/clickagg.duckdb}"
 export WAREHOUSE_URL="${WAREHOUSE_URL:-http://127.0.0.1:$WAREHOUSE_PORT}"
 
-export SPARK_JARS_DIR="${SPARK_JARS_DIR:-$STATE_DIR/spark/jars}"
+# Not SPARK_JARS_DIR: spark-submit sets that one to its own jars folder for the driver it starts.
+export CLICKAGG_SPARK_JARS="${CLICKAGG_SPARK_JARS:-$STATE_DIR/spark/jars}"
 export SPARK_MASTER="${SPARK_MASTER:-local[2]}"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export SPARK_DRIVER_MEMORY="${SPARK_DRIVER_MEMORY:-2g}"

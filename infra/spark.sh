@@ -10,20 +10,20 @@ source "$(dirname "$0")/lib.sh"
 PROVIDED="scala-library,scala-reflect,slf4j-api,commons-lang3,metrics-core,paranamer"
 
 install() {
-  if [[ -f "$SPARK_JARS_DIR/spark-cassandra-connector_2.12-3.5.1.jar" ]]; then say "jars present in $SPARK_JARS_DIR"; return; fi
+  if [[ -f "$CLICKAGG_SPARK_JARS/spark-cassandra-connector_2.12-3.5.1.jar" ]]; then say "jars present in $CLICKAGG_SPARK_JARS"; return; fi
   require_java17
   command -v mvn >/dev/null || die "Maven is missing: apt-get install -y maven"
   say "fetching spark-cassandra-connector 3.5.1, hadoop-aws 3.3.4 and aws-java-sdk-bundle from Maven Central (about 300 MB)"
-  rm -rf "$SPARK_JARS_DIR.tmp"
+  rm -rf "$CLICKAGG_SPARK_JARS.tmp"
   mvn -q -B -Dstyle.color=never -f "$REPO_ROOT/infra/spark/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
-      -DexcludeArtifactIds="$PROVIDED" -DoutputDirectory="$SPARK_JARS_DIR.tmp" ||
+      -DexcludeArtifactIds="$PROVIDED" -DoutputDirectory="$CLICKAGG_SPARK_JARS.tmp" ||
     die "Maven could not fetch the Spark jars (is Maven Central reachable? see the output above)"
-  mkdir -p "$(dirname "$SPARK_JARS_DIR")"
-  mv "$SPARK_JARS_DIR.tmp" "$SPARK_JARS_DIR"
+  mkdir -p "$(dirname "$CLICKAGG_SPARK_JARS")"
+  mv "$CLICKAGG_SPARK_JARS.tmp" "$CLICKAGG_SPARK_JARS"
 }
 
 case "${1:-}" in
   install) install ;;
-  status) printf '%-12s %-8s %s\n' spark "$SPARK_MASTER" "jars in $SPARK_JARS_DIR (runs per job, no daemon)" ;;
+  status) printf '%-12s %-8s %s\n' spark "$SPARK_MASTER" "jars in $CLICKAGG_SPARK_JARS (runs per job, no daemon)" ;;
   *) echo "usage: $0 install|status" >&2; exit 2 ;;
 esac

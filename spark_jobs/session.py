@@ -29,7 +29,7 @@ def build_session(app_name: str, environ: Mapping[str, str], master: str | None 
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    jars_dir = environ.get("SPARK_JARS_DIR", "")
+    jars_dir = environ.get("CLICKAGG_SPARK_JARS", "")
     jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar"))) if jars_dir else []
     settings = {
         "spark.jars": ",".join(jars),

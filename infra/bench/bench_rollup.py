@@ -124,7 +124,7 @@ def batch(args) -> dict:
     print(f"  written in {generate_s:.1f}s; {expected_billable:,} impressions should be billed", flush=True)
 
     output = REPO / ".local" / "bench" / "rollup-output"
-    jars = ",".join(str(p) for p in sorted(Path(os.environ["SPARK_JARS_DIR"]).glob("*.jar")))
+    jars = ",".join(str(p) for p in sorted(Path(os.environ["CLICKAGG_SPARK_JARS"]).glob("*.jar")))
     command = [
         "spark-submit", "--master", os.environ.get("SPARK_MASTER", "local[2]"), "--jars", jars,
         "--driver-memory", os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
