@@ -114,7 +114,8 @@ def batch(args) -> dict:
     spark = build_session("bench-rollup-generate", os.environ, os.environ.get("SPARK_MASTER", "local[2]"))
     t0 = time.monotonic()
     clicks = generate_clicks(spark, args.clicks, args.ads, start, args.minutes, args.shards).cache()
-    writer = {"keyspace": BENCH_KEYSPACE, "confirm.truncate": "false"}
+    writer = {"keyspace": BENCH_KEYSPACE, "spark.cassandra.output.concurrent.writes": "64",
+              "spark.cassandra.output.consistency.level": "ONE"}
     clicks.write.format("org.apache.spark.sql.cassandra").options(table="raw_clicks", **writer).mode("append").save()
     clicks.select("impression_id", "clicked_at", "click_id", "status").write.format(
         "org.apache.spark.sql.cassandra").options(table="clicks_by_impression", **writer).mode("append").save()
