@@ -40,7 +40,26 @@ sql: ## Open a read-only SQL shell on the warehouse (works while loads run)
 
 backfill: ## Re-run the minute rollup over a range: make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=<UTC start> TO=<UTC end>"; exit 2; }
+	@$(PY) -m infra.airflow_api unpause rollup_clicks_minute
 	@$(INFRA)/airflow.sh cli backfill create --dag-id rollup_clicks_minute --from-date "$(FROM)" --to-date "$(TO)" --reprocess-behavior completed --max-active-runs 1
 
 lock: ## Re-resolve requirements.txt into requirements.lock
 	@source infra/env.sh && $$VENV/bin/pip freeze --exclude-editable | sed '1i # Exact versions of every Python package, resolved from requirements.txt; used as pip constraints.\n# Refresh: make lock' > requirements.lock
+
+.PHONY: load bench-click
+
+load: ## Click the running service (Zipf ads, repeats, forgeries, bots), write the ground truth: make load CLICKS=10000 RATE=1000
+	@$(PY) -m click_api.loadgen --clicks $(or $(CLICKS),10000) --rate $(or $(RATE),1000) --concurrency $(or $(CONCURRENCY),32) $(LOAD_ARGS)
+
+bench-click: ## Benchmark /click next to a bare Flask 302 (services up): make bench-click SECONDS=30
+	@$(PY) -m infra.bench.bench_click --seconds $(or $(SECONDS),30) $(BENCH_ARGS)
+
+.PHONY: bench-reconcile
+
+bench-reconcile: ## Benchmark dumping and reconciling one hour (services up): make bench-reconcile CLICKS=3000000
+	@$(PY) -m infra.bench.bench_reconcile --clicks $(or $(CLICKS),100000) $(BENCH_ARGS)
+
+.PHONY: bench-query
+
+bench-query: ## Benchmark the metrics API on a separate warehouse at design scale: make bench-query DAYS=3 (30 by default)
+	@$(PY) -m infra.bench.bench_query --days $(or $(DAYS),30) --ads $(or $(ADS),10000000) --clicks-per-day $(or $(CLICKS_PER_DAY),100000000) $(BENCH_ARGS)

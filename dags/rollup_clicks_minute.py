@@ -26,7 +26,7 @@ def _utc(text: str) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
-def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime) -> dict:
+def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime, lookback: bool = True) -> dict:
     """The window a run rolls up: ``conf`` start/end when given (manual runs), else its data
     interval widened by the lookback, so clicks that reach Cassandra late (a spool replayed after
     an outage, writes in flight when the run starts) are counted in their own minute."""
@@ -35,7 +35,8 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime)
             raise ValueError('a manual run\'s conf needs both "start" and "end" (ISO-8601, UTC)')
         start, end = _utc(conf["start"]), _utc(conf["end"])
     else:
-        start, end = data_interval_start - timedelta(seconds=LOOKBACK_S), data_interval_end
+        start = data_interval_start - timedelta(seconds=LOOKBACK_S if lookback else 0)
+        end = data_interval_end
     if end <= start or start.second or end.second or start.microsecond or end.microsecond:
         raise ValueError(f"the window [{start}, {end}) must be whole minutes, end after start")
     output = f"{STAGING_DIR}/fct_clicks_minute/{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
@@ -77,8 +78,12 @@ Backfill: `make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00`.
 def rollup_clicks_minute():
     @task
     def plan_window(dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
-        """Decide the window: the data interval plus the lookback, or conf start/end of a manual run."""
-        return plan(dag_run.conf or {}, data_interval_start, data_interval_end)
+        """Decide the window: the data interval plus the lookback, or conf start/end of a manual run.
+
+        A backfill's runs cover every interval of its range one by one, so they skip the lookback.
+        """
+        is_backfill = str(dag_run.run_type).lower().endswith("backfill")
+        return plan(dag_run.conf or {}, data_interval_start, data_interval_end, lookback=not is_backfill)
 
     @task.sensor(poke_interval=5, timeout=900, mode="reschedule")
     def wait_for_late_clicks(window: dict) -> PokeReturnValue:

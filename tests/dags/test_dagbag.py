@@ -46,9 +46,11 @@ def dag(parse):
     return parse().dags[DAG_ID]
 
 
-def plan_window(dag, conf: dict | None = None) -> dict:
+def plan_window(dag, conf: dict | None = None, run_type: str = "scheduled") -> dict:
     return dag.get_task("plan_window").python_callable(
-        dag_run=SimpleNamespace(conf=conf), data_interval_start=INTERVAL_START, data_interval_end=INTERVAL_END
+        dag_run=SimpleNamespace(conf=conf, run_type=run_type),
+        data_interval_start=INTERVAL_START,
+        data_interval_end=INTERVAL_END,
     )
 
 
@@ -114,6 +116,12 @@ def test_a_scheduled_run_plans_its_interval_widened_by_the_lookback(dag, tmp_pat
         "end": "2026-01-01T10:01:00+00:00",
         "output": f"{tmp_path}/staging/fct_clicks_minute/20260101T0950-20260101T1001",
     }
+
+
+def test_a_backfill_run_plans_its_interval_alone(dag):
+    window = plan_window(dag, conf={}, run_type="backfill")
+
+    assert (window["start"], window["end"]) == ("2026-01-01T10:00:00+00:00", "2026-01-01T10:01:00+00:00")
 
 
 def test_the_lookback_comes_from_the_environment(parse):
