@@ -12,29 +12,10 @@ import requests
 from click_api import config
 from click_api.storage import Ad, CassandraStore, connect
 from click_api.tokens import Impression, mint, new_impression_id
-from infra.airflow_api import AirflowAPI
-from tests.services import click_base_url, require_env, unique, warehouse_sql
+from tests.e2e.conftest import DAG, run_rollup
+from tests.services import click_base_url, unique, warehouse_sql
 
 pytestmark = pytest.mark.e2e
-DAG = "rollup_clicks_minute"
-
-
-@pytest.fixture(scope="module")
-def airflow():
-    require_env()
-    api = AirflowAPI(f"http://127.0.0.1:{os.environ['AIRFLOW_PORT']}", os.environ["AIRFLOW_USER"],
-                     os.environ["AIRFLOW_PASSWORD"])
-    api.wait_for_dag(DAG)
-    api.set_paused(DAG, False)
-    yield api
-    api.set_paused(DAG, True)
-
-
-def run_rollup(airflow: AirflowAPI, start: datetime, end: datetime) -> str:
-    run_id = airflow.trigger(DAG, start, end, note="e2e test")
-    state = airflow.wait_for_run(DAG, run_id, timeout=900)
-    assert state == "success", f"{run_id} ended {state}: {airflow.task_states(DAG, run_id)}"
-    return run_id
 
 
 def test_one_click_is_counted_once_by_an_airflow_run(airflow):
