@@ -63,3 +63,11 @@ bench-reconcile: ## Benchmark dumping and reconciling one hour (services up): ma
 
 bench-query: ## Benchmark the metrics API on a separate warehouse at design scale: make bench-query DAYS=3 (30 by default)
 	@$(PY) -m infra.bench.bench_query --days $(or $(DAYS),30) --ads $(or $(ADS),10000000) --clicks-per-day $(or $(CLICKS_PER_DAY),100000000) $(BENCH_ARGS)
+
+.PHONY: bench-rollup bench-freshness
+
+bench-rollup: ## Benchmark a peak 5-minute batch (3M clicks) through the rollup job and load (services up)
+	@$(PY) -m infra.bench.bench_rollup batch --clicks $(or $(CLICKS),3000000)
+
+bench-freshness: ## Measure click-to-warehouse delay while the scheduler runs (services up): make bench-freshness SECONDS=300
+	@$(PY) -m infra.bench.bench_rollup freshness --seconds $(or $(SECONDS),300)

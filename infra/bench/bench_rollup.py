@@ -20,7 +20,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
