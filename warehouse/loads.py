@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -15,6 +16,9 @@ from warehouse.schema import COUNT_COLUMNS
 log = logging.getLogger(__name__)
 
 ROLLUP_PIPELINE = "rollup_clicks_minute"
+# One writer at a time in this process: concurrent write transactions on the same rows (the
+# minute load and an hourly repair both refresh a day's rows) would fail on a DuckDB conflict.
+WRITE_LOCK = threading.Lock()
 _SUMS = ", ".join(f"sum({c})::BIGINT AS {c}" for c in COUNT_COLUMNS)
 _COUNTS = ", ".join(COUNT_COLUMNS)
 _MINUTE_COLUMNS = f"minute_at, ad_id, advertiser_id, {_COUNTS}, unique_users"
@@ -69,65 +73,79 @@ def load_clicks_minute(
     start, end = _naive_utc(start), _naive_utc(end)
     if end <= start:
         raise ValueError("the interval's end must be after its start")
-    load_id = uuid.uuid4().hex
-    cur = con.cursor()
-    cur.execute("BEGIN TRANSACTION")
-    try:
-        new = f"(SELECT {_MINUTE_COLUMNS} FROM read_parquet(?))"
-        outside = cur.execute(
-            f"SELECT count(*) FROM {new} WHERE minute_at < ? OR minute_at >= ?", [minute_files, start, end]
-        ).fetchone()[0]
-        if outside:
-            raise ValueError(f"{outside} rows of {minute_files} fall outside [{start}, {end})")
-        # Ads whose rows change: the old rows' ads and the new rows' ads.
-        cur.execute(
-            f"""CREATE TEMP TABLE touched AS
-                SELECT DISTINCT ad_id FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?
-                UNION SELECT DISTINCT ad_id FROM {new}""",
-            [start, end, minute_files],
-        )
-        deleted = cur.execute(
-            "DELETE FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?", [start, end]
-        ).fetchone()[0]
-        inserted = cur.execute(
-            f"INSERT INTO fct_clicks_minute SELECT {_MINUTE_COLUMNS}, now()::TIMESTAMP FROM {new} "
-            "ORDER BY advertiser_id, ad_id, minute_at",
-            [minute_files],
-        ).fetchone()[0]
-        cur.execute("DELETE FROM stg_clicks_minute_users WHERE minute_at >= ? AND minute_at < ?", [start, end])
-        users = cur.execute(
-            "INSERT INTO stg_clicks_minute_users SELECT minute_at, ad_id, user_hash FROM read_parquet(?) "
-            "WHERE minute_at >= ? AND minute_at < ?",
-            [user_files, start, end],
-        ).fetchone()[0]
-        cur.execute(
-            f"""INSERT INTO dim_ads BY NAME
-                SELECT ad_id, any_value(advertiser_id) AS advertiser_id,
-                       min(minute_at) AS first_seen_at, max(minute_at) AS last_seen_at
-                FROM {new} GROUP BY ad_id
-                ON CONFLICT (ad_id) DO UPDATE SET
-                    advertiser_id = excluded.advertiser_id,
-                    first_seen_at = least(dim_ads.first_seen_at, excluded.first_seen_at),
-                    last_seen_at = greatest(dim_ads.last_seen_at, excluded.last_seen_at)""",
-            [minute_files],
-        )
-        hours = refresh_rollup(cur, "hour", _floor(start, "hour"), _ceil(end, "hour"))
-        days = refresh_rollup(cur, "day", _floor(start, "day"), _ceil(end, "day"))
-        watermark = advance(cur, ROLLUP_PIPELINE, start, end) if advance_watermark else None
-        cur.execute(
-            "INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, ?, ?, now()::TIMESTAMP)",
-            [load_id, start, end, deleted, inserted],
-        )
-        cur.execute("DROP TABLE touched")
-        cur.execute("COMMIT")
-    except Exception:
-        cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.close()
-    result = LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)
+    with WRITE_LOCK:
+        cur = con.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            result = replace_interval(cur, minute_files, user_files, start, end, advance_watermark)
+            cur.execute("COMMIT")
+        except Exception:
+            cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
     log.info("loaded fct_clicks_minute %s", result.as_dict())
     return result
+
+
+def replace_interval(
+    cur: duckdb.DuckDBPyConnection,
+    minute_files: str,
+    user_files: str,
+    start: datetime,
+    end: datetime,
+    advance_watermark: bool,
+) -> LoadResult:
+    """The body of a load, inside the caller's open transaction (the caller commits or rolls back)."""
+    start, end = _naive_utc(start), _naive_utc(end)
+    load_id = uuid.uuid4().hex
+    new = f"(SELECT {_MINUTE_COLUMNS} FROM read_parquet(?))"
+    outside = cur.execute(
+        f"SELECT count(*) FROM {new} WHERE minute_at < ? OR minute_at >= ?", [minute_files, start, end]
+    ).fetchone()[0]
+    if outside:
+        raise ValueError(f"{outside} rows of {minute_files} fall outside [{start}, {end})")
+    # Ads whose rows change: the old rows' ads and the new rows' ads.
+    cur.execute(
+        f"""CREATE TEMP TABLE touched AS
+            SELECT DISTINCT ad_id FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?
+            UNION SELECT DISTINCT ad_id FROM {new}""",
+        [start, end, minute_files],
+    )
+    deleted = cur.execute(
+        "DELETE FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?", [start, end]
+    ).fetchone()[0]
+    inserted = cur.execute(
+        f"INSERT INTO fct_clicks_minute SELECT {_MINUTE_COLUMNS}, now()::TIMESTAMP FROM {new} "
+        "ORDER BY advertiser_id, ad_id, minute_at",
+        [minute_files],
+    ).fetchone()[0]
+    cur.execute("DELETE FROM stg_clicks_minute_users WHERE minute_at >= ? AND minute_at < ?", [start, end])
+    users = cur.execute(
+        "INSERT INTO stg_clicks_minute_users SELECT minute_at, ad_id, user_hash FROM read_parquet(?) "
+        "WHERE minute_at >= ? AND minute_at < ?",
+        [user_files, start, end],
+    ).fetchone()[0]
+    cur.execute(
+        f"""INSERT INTO dim_ads BY NAME
+            SELECT ad_id, any_value(advertiser_id) AS advertiser_id,
+                   min(minute_at) AS first_seen_at, max(minute_at) AS last_seen_at
+            FROM {new} GROUP BY ad_id
+            ON CONFLICT (ad_id) DO UPDATE SET
+                advertiser_id = excluded.advertiser_id,
+                first_seen_at = least(dim_ads.first_seen_at, excluded.first_seen_at),
+                last_seen_at = greatest(dim_ads.last_seen_at, excluded.last_seen_at)""",
+        [minute_files],
+    )
+    hours = refresh_rollup(cur, "hour", _floor(start, "hour"), _ceil(end, "hour"))
+    days = refresh_rollup(cur, "day", _floor(start, "day"), _ceil(end, "day"))
+    watermark = advance(cur, ROLLUP_PIPELINE, start, end) if advance_watermark else None
+    cur.execute(
+        "INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, ?, ?, now()::TIMESTAMP)",
+        [load_id, start, end, deleted, inserted],
+    )
+    cur.execute("DROP TABLE touched")
+    return LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)
 
 
 def refresh_rollup(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, end: datetime) -> int:

@@ -17,6 +17,9 @@ import duckdb
 from flask import Blueprint, Flask, current_app, jsonify, request
 
 from warehouse import checks, connect, loads, schema
+from warehouse.api import bp as api_bp
+from warehouse.api import internal_bp as api_internal_bp
+from warehouse.reconcile_api import bp as reconcile_bp
 from warehouse.sql import ReadOnlyError, run_read_only
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         log.info("warehouse migrations applied: %s", applied)
     app.extensions["warehouse"] = con
     app.register_blueprint(bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(api_internal_bp)
+    app.register_blueprint(reconcile_bp)
     return app
 
 

@@ -1,0 +1,297 @@
+"""Dump each closed hour of raw clicks to S3, recompute it from the dump, and repair the warehouse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
+
+REPO = Path(__file__).resolve().parents[1]
+LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
+LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
+MARGIN_S = int(os.environ.get("RECONCILE_MARGIN_S", "120"))
+STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
+START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026-01-01T00:00:00+00:00"))
+JARS_DIR = Path(os.environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
+DEFAULT_DRIFT_THRESHOLD = "0.0001"
+HOUR = timedelta(hours=1)
+# Keep one hour of margin before Cassandra's TTL: an hour older than that may be partly expired,
+# and dumping it would replace a complete dump with a partial one.
+TTL_MARGIN = timedelta(hours=1)
+
+PLAN = "{{{{ ti.xcom_pull(task_ids='plan_hour')['{}'] }}}}"
+DUMP = "{{{{ ti.xcom_pull(task_ids='plan_dump', key='dump')['{}'] }}}}"
+log = logging.getLogger(__name__)
+
+
+def _utc(text: str) -> datetime:
+    """Parse an ISO-8601 time; one without an offset is UTC (not the host's zone)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _flag(value) -> bool:
+    return value.strip().lower() not in ("false", "0", "no", "off") if isinstance(value, str) else bool(value)
+
+
+def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
+    """The hour a run reconciles and how: ``conf`` ``hour`` (or ``start``/``end``) of a manual run,
+    else the data interval; ``conf`` ``dump`` false recomputes from the existing dumps only, and
+    ``drift_threshold`` overrides RECONCILE_DRIFT_THRESHOLD for that run."""
+    from click_api.windows import Windows
+
+    windows = Windows.from_env(environ)
+    if conf.get("hour"):
+        start = _utc(conf["hour"])
+    elif conf.get("start") or conf.get("end"):
+        if not (conf.get("start") and conf.get("end")):
+            raise ValueError('a manual run\'s conf needs "hour", or both "start" and "end" (ISO-8601, UTC)')
+        start = _utc(conf["start"])
+        if _utc(conf["end"]) - start != HOUR:
+            raise ValueError(f"a reconciliation covers one hour, not [{conf['start']}, {conf['end']})")
+    elif data_interval_start is not None:
+        # Through the ISO text: Airflow passes a pendulum DateTime, whose arithmetic drops the zone.
+        start = _utc(data_interval_start.isoformat())
+    else:
+        raise ValueError('a run without a data interval needs "hour" in its conf')
+    if start != start.replace(minute=0, second=0, microsecond=0):
+        raise ValueError(f"{start.isoformat()} is not the start of an hour")
+    threshold = float(conf.get("drift_threshold", environ.get("RECONCILE_DRIFT_THRESHOLD") or DEFAULT_DRIFT_THRESHOLD))
+    if threshold < 0:
+        raise ValueError("the drift threshold must not be negative")
+    return {
+        "start": start.isoformat(),
+        "end": (start + HOUR).isoformat(),
+        "dump": _flag(conf.get("dump", True)),
+        "drift_threshold": threshold,
+        "horizon_s": windows.duplicate_horizon,
+        "late_after_s": 60 + windows.rollup_lookback + windows.rollup_lateness,
+        "raw_click_ttl_s": windows.raw_click_ttl,
+        "output": f"{STAGING_DIR}/reconcile_clicks/{start:%Y%m%dT%H}",
+    }
+
+
+def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now: datetime) -> dict | None:
+    """The hours to dump, as one range ending with the run's hour: the hour itself and any earlier
+    hour of the duplicate horizon without a dump, but only hours Cassandra still holds in full.
+    None when nothing is to be dumped, or the run's conf said not to dump."""
+    if not window["dump"]:
+        return None
+    hour = _utc(window["start"])
+    oldest_whole = now - timedelta(seconds=window["raw_click_ttl_s"]) + TTL_MARGIN
+    wanted = [h for h in [*earlier, hour] if h not in dumped or h == hour]
+    wanted = [h for h in wanted if h >= oldest_whole]
+    if not wanted:
+        return None
+    return {"start": min(wanted).isoformat(), "end": (hour + HOUR).isoformat()}
+
+
+def _warehouse_post(path: str, body: dict, timeout: float) -> dict:
+    import requests
+
+    headers = {}
+    if os.environ.get("WAREHOUSE_ADMIN_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['WAREHOUSE_ADMIN_TOKEN']}"
+    url = os.environ.get("WAREHOUSE_URL", "http://127.0.0.1:18100") + path
+    response = requests.post(url, json=body, headers=headers, timeout=timeout)
+    if response.status_code >= 400:
+        raise RuntimeError(f"warehouse answered {response.status_code} to {path}: {response.text.strip()}")
+    return response.json()
+
+
+def _store():
+    from spark_jobs import raw_dumps
+
+    return raw_dumps.DumpStore(raw_dumps.s3_client(os.environ), os.environ.get("S3_BUCKET", "clickagg-raw"))
+
+
+def record_failure(context) -> None:
+    """on_failure_callback: record the failed run in meta_reconciliations, so the metric shows it."""
+    ti = context["ti"]
+    window = ti.xcom_pull(task_ids="plan_hour")
+    if not window:
+        return
+    detail = f"{ti.task_id} failed: {context.get('exception')}"
+    failed = Path(window["output"]) / "_FAILED"
+    if failed.exists():
+        detail += f" ({failed.read_text().strip()})"
+    try:
+        _warehouse_post("/internal/reconciliations/clicks-hour/failed",
+                        {"hour": window["start"], "detail": detail, "context": {"run_id": context.get("run_id")}}, 60)
+    except Exception:  # the task has failed already; do not hide why behind a second error
+        log.exception("could not record the failed reconciliation of %s", window["start"])
+
+
+@dag(
+    dag_id="reconcile_clicks_hourly",
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    # Created paused: on a machine shared with tests it must not start dumping by itself; `make run`
+    # (or the UI) unpauses it, as it does the minute rollup.
+    is_paused_upon_creation=True,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    doc_md=__doc__
+    + f"""
+
+Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in a manual run's conf):
+
+1. **wait** until the hour closed plus the minute rollup's lookback ({LOOKBACK_S}s), its lateness
+   ({LATENESS_S}s) and `RECONCILE_MARGIN_S` ({MARGIN_S}s): no minute rollup touches the hour after that;
+2. **dump** the hour from Cassandra to S3 (`spark_jobs/dump_raw_clicks.py`), plus any earlier hour of the
+   duplicate horizon that has no dump yet; data under a new run prefix, then the manifest, then the old runs
+   are deleted. Hours older than `RAW_CLICK_TTL_S` are never dumped again (Cassandra no longer holds them);
+3. **verify** that every dump the recompute needs has a manifest and exactly its files;
+4. **recompute** the hour from the dumps (`spark_jobs/reconcile_clicks.py`), checking row count and checksum
+   against the manifest, deduplicating against the earlier hours' dumps within `RECONCILE_DUPLICATE_HORIZON_S`;
+   clicks stored after every minute rollup had passed are counted here in their own minute;
+5. **compare and repair** in the warehouse, in one transaction: report, replace the hour, refresh its hour and
+   day rows, record the report in `meta_reconciliations` (also on `GET /metrics` of the warehouse service);
+6. **check the drift**: when billable clicks plus unique users differed by more than `RECONCILE_DRIFT_THRESHOLD`
+   (a share of the hour's total), the hour **has already been repaired and recorded**, and this task fails
+   so that someone looks at why.
+
+A missing dump, or a dump that does not match its manifest, fails the run (no retry) with a message saying
+which, and is recorded as `failed` in `meta_reconciliations`. A dump that retention deleted
+(`DUMP_RETENTION_S`) cannot be recomputed once Cassandra's copy has expired too.
+`delete_expired_dumps` deletes the dumps (manifest first, then data) that are older than `DUMP_RETENTION_S`.
+
+Manual runs: `{{"hour": "2026-11-27T10:00:00Z"}}` (or `start`/`end` one hour apart); `"dump": false` to
+recompute from the existing dumps only; `"drift_threshold": 0.5` to override the threshold for the run.
+Clearing and re-running a run replaces the same dump and finds nothing left to repair.
+""",
+    tags=["clickagg", "reconciliation"],
+)
+def reconcile_clicks_hourly():
+    failure = {"on_failure_callback": record_failure}
+
+    @task
+    def plan_hour(dag_run=None, data_interval_start=None) -> dict:
+        """Decide the hour, the output folder and the threshold (conf of a manual run, else the data interval)."""
+        return plan(dag_run.conf or {}, data_interval_start, os.environ)
+
+    @task.sensor(poke_interval=30, timeout=3 * 3600, mode="reschedule")
+    def wait_for_hour_to_settle(window: dict) -> PokeReturnValue:
+        """Wait until no minute rollup will touch the hour again."""
+        ready_at = datetime.fromisoformat(window["end"]) + timedelta(seconds=LOOKBACK_S + LATENESS_S + MARGIN_S)
+        return PokeReturnValue(is_done=datetime.now(timezone.utc) >= ready_at)
+
+    @task.branch(**failure)
+    def plan_dump(window: dict, ti=None) -> str:
+        """Choose the hours to dump (the run's hour and earlier ones without a dump), or none."""
+        from spark_jobs import raw_dumps
+
+        store = _store()
+        earlier = raw_dumps.horizon_hours(_utc(window["start"]), window["horizon_s"])
+        dumped = {h for h in earlier if store.read_manifest(h) is not None}
+        hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc))
+        if hours is None:
+            log.warning("not dumping: recomputing %s from the existing dumps (conf dump=false, or Cassandra "
+                        "no longer holds the hours in full)", window["start"])
+            return "verify_dumps"
+        ti.xcom_push(key="dump", value=hours)
+        log.info("dumping [%s, %s)", hours["start"], hours["end"])
+        return "dump_raw_clicks"
+
+    jars = ",".join(str(p) for p in sorted(JARS_DIR.glob("*.jar"))) or None
+    spark = {
+        "jars": jars,
+        "driver_memory": os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
+        "conf": {"spark.sql.shuffle.partitions": os.environ.get("SPARK_SHUFFLE_PARTITIONS", "4")},
+        "env_vars": {"PYTHONPATH": str(REPO)},
+        "conn_id": "spark_default",
+        **failure,
+    }
+    dump = SparkSubmitOperator(
+        task_id="dump_raw_clicks",
+        application=str(REPO / "spark_jobs" / "dump_raw_clicks.py"),
+        application_args=["--start", DUMP.format("start"), "--end", DUMP.format("end")],
+        name="dump_raw_clicks",
+        **spark,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success", **failure)
+    def verify_dumps(window: dict) -> dict:
+        """Fail (without retrying) unless the hour and the earlier hours of the horizon each have a
+        published dump whose files are exactly those its manifest lists."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from spark_jobs import raw_dumps
+
+        store = _store()
+        hour = _utc(window["start"])
+        rows = {}
+        try:
+            for h in [*raw_dumps.horizon_hours(hour, window["horizon_s"]), hour]:
+                manifest = store.require_manifest(h)
+                store.check_files(manifest)
+                rows[h.isoformat()] = manifest.row_count
+        except (raw_dumps.DumpMissing, raw_dumps.DumpMismatch) as error:
+            log.error("reconciliation of %s cannot run: %s", window["start"], error)
+            raise AirflowFailException(str(error)) from error
+        return rows
+
+    recompute = SparkSubmitOperator(
+        task_id="recompute_from_dumps",
+        application=str(REPO / "spark_jobs" / "reconcile_clicks.py"),
+        application_args=[
+            "--start", PLAN.format("start"), "--end", PLAN.format("end"), "--output", PLAN.format("output"),
+            "--horizon-s", PLAN.format("horizon_s"), "--late-after-s", PLAN.format("late_after_s"),
+        ],
+        name="reconcile_clicks",
+        **spark,
+    )
+
+    @task(**failure)
+    def compare_and_repair(window: dict) -> dict:
+        """Compare the warehouse's hour with the recomputation and repair it, in one transaction."""
+        import shutil
+
+        summary = json.loads((Path(window["output"]) / "summary.json").read_text())
+        report = _warehouse_post(
+            "/internal/reconciliations/clicks-hour",
+            {"hour": window["start"], "output": window["output"], "drift_threshold": window["drift_threshold"],
+             "context": summary},
+            timeout=1800,
+        )
+        shutil.rmtree(window["output"], ignore_errors=True)
+        log.info("reconciliation of %s: %s: %s", window["start"], report["status"], report["detail"]["message"])
+        return report
+
+    @task
+    def check_drift(report: dict) -> None:
+        """Fail the run (without retrying) when the drift was over the threshold: repaired, but look at why."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if report["status"] == "failed":
+            message = f"drift over threshold in {report['hour_at']}: {report['detail']['message']}"
+            log.error(message)
+            raise AirflowFailException(message)
+
+    @task
+    def delete_expired_dumps() -> dict:
+        """Delete the S3 dumps (manifest first, then data) of hours older than DUMP_RETENTION_S."""
+        from click_api.windows import Windows
+
+        result = _store().delete_expired(datetime.now(timezone.utc), Windows.from_env(os.environ).dump_retention)
+        log.info("retention: deleted %d hours before %s", len(result["hours_deleted"]), result["cutoff"])
+        return result
+
+    window = plan_hour()
+    branch = plan_dump(window)
+    verified = verify_dumps(window)
+    wait_for_hour_to_settle(window) >> branch >> [dump, verified]
+    dump >> verified >> recompute
+    report = compare_and_repair(window)
+    recompute >> report
+    check_drift(report)
+    delete_expired_dumps()
+
+
+reconcile_clicks_hourly()

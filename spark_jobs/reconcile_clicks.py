@@ -1,0 +1,189 @@
+"""Recompute one hour's minute facts from the S3 dumps, for the warehouse to compare and repair.
+
+    spark-submit spark_jobs/reconcile_clicks.py --start 2026-01-01T10:00 --end 2026-01-01T11:00 \
+        --output /path/to/staging/reconcile_clicks/20260101T10
+
+Reads the hour's dump in full, checks it against its manifest (row count and checksum), and from
+the dumps of the hours before it within the duplicate horizon (RECONCILE_DUPLICATE_HORIZON_S)
+reads only the columns that decide billing, so a repeat of an earlier hour's impression is not
+billed again. Labels and aggregates with the minute rollup's own transforms and writes the same
+two Parquet datasets (``minute``, ``users``) plus ``summary.json``: the dump's statistics and the
+clicks that reached Cassandra too late for any minute rollup (after ROLLUP_LOOKBACK_S and
+ROLLUP_LATENESS_S), which this recompute counts in their own minute.
+
+A missing dump, or one that does not match its manifest, fails the job with a message saying so
+(also written to ``<output>/_FAILED``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_jobs import raw_dumps
+from spark_jobs.dump_raw_clicks import dump_metrics, stats_of
+from spark_jobs.fct_clicks_minute import (
+    CLOCK_SKEW,
+    DUPLICATE,
+    RAW_COLUMNS,
+    VALID,
+    load,
+    transform_billable,
+    transform_minute_facts,
+    transform_minute_users,
+)
+from spark_jobs.session import build_session, window_parser
+
+# What transform_billable needs of an impression's other clicks.
+IMPRESSION_COLUMNS = ["impression_id", "clicked_at", "click_id", "status"]
+IMPRESSION_SCHEMA = T.StructType([
+    T.StructField("impression_id", T.StringType()), T.StructField("clicked_at", T.TimestampType()),
+    T.StructField("click_id", T.StringType()), T.StructField("status", T.StringType()),
+])
+
+
+def read_dump(spark: SparkSession, store: raw_dumps.DumpStore, manifest: raw_dumps.Manifest) -> DataFrame:
+    """Exactly the files the manifest lists (never whatever else lies under the hour)."""
+    return spark.read.parquet(*[store.url(key, "s3a") for key, _ in manifest.files])
+
+
+def extract(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, earlier: list[raw_dumps.Manifest]):
+    """The hour's dumped clicks (every column), and the billing columns of the earlier hours' dumps."""
+    hour_clicks = read_dump(spark, store, hour)
+    earlier_clicks = spark.createDataFrame([], IMPRESSION_SCHEMA)
+    for manifest in earlier:
+        earlier_clicks = earlier_clicks.unionByName(read_dump(spark, store, manifest).select(*IMPRESSION_COLUMNS))
+    return hour_clicks, earlier_clicks
+
+
+def verify(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, hour_clicks: DataFrame,
+           earlier: list[raw_dumps.Manifest]) -> dict:
+    """Raise DumpMismatch unless the hour's rows match its manifest's row count and checksum, and
+    each earlier hour its row count (their checksums were checked when they were reconciled)."""
+    stats = stats_of(hour_clicks.agg(*dump_metrics()).first().asDict())
+    problems = [f"{hour.hour_start.isoformat()}: {p}" for p in raw_dumps.content_problems(hour, stats["rows"], stats["checksum"])]
+    for manifest in earlier:
+        rows = read_dump(spark, store, manifest).count()
+        problems += [f"{manifest.hour_start.isoformat()}: {p}" for p in raw_dumps.content_problems(manifest, rows, None)]
+    if problems:
+        raise raw_dumps.DumpMismatch("a dump does not match its manifest: " + "; ".join(problems))
+    return stats
+
+
+def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame, hour_start: datetime, horizon_s: int):
+    """transform_billable's inputs: the hour's clicks, and the earlier clicks (within the horizon) of
+    its impressions that were issued before the hour.
+
+    As in the minute rollup, an impression issued inside the hour has no click before it, so only
+    the few issued earlier are looked up in the earlier hours' dumps, and only their billable kinds.
+    """
+    columns = list(dict.fromkeys([*RAW_COLUMNS, "issued_at", "stored_at"]))
+    clicks = hour_clicks.select(*columns)
+    clicked_at = F.col("clicked_at")
+    is_in_horizon = (clicked_at >= F.lit(hour_start - timedelta(seconds=horizon_s))) & (clicked_at < F.lit(hour_start))
+    is_eligible = F.col("status").isin(VALID, DUPLICATE)
+    issued_before_hour = F.col("issued_at") < F.lit(hour_start - CLOCK_SKEW)
+    looked_up = clicks.where(issued_before_hour).select("impression_id").distinct()
+    impression_clicks = (
+        earlier_clicks.where(is_in_horizon & is_eligible)
+        .join(looked_up, on="impression_id", how="left_semi")
+        .select(*IMPRESSION_COLUMNS)
+    )
+    return clicks, impression_clicks
+
+
+def transform_late_clicks(labelled: DataFrame, late_after_s: int) -> DataFrame:
+    """One row: the clicks stored more than ``late_after_s`` after their minute began, and how many are billable."""
+    delay_us = F.unix_micros(F.col("stored_at")) - F.unix_micros(F.col("minute"))
+    is_late = F.coalesce(delay_us > F.lit(late_after_s * 1_000_000), F.lit(False))
+    return labelled.agg(
+        F.sum(F.when(is_late, 1).otherwise(0)).cast("long").alias("late_clicks"),
+        F.sum(F.when(is_late & F.col("is_billable"), 1).otherwise(0)).cast("long").alias("late_billable_clicks"),
+    ).select(
+        F.coalesce(F.col("late_clicks"), F.lit(0)).alias("late_clicks"),
+        F.coalesce(F.col("late_billable_clicks"), F.lit(0)).alias("late_billable_clicks"),
+    )
+
+
+def _write_local(output: str, name: str, text: str) -> None:
+    if "://" not in output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / name).write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = window_parser(__doc__.split("\n")[0])
+    parser.add_argument("--output", required=True, help="folder for the Parquet output, read by the warehouse")
+    parser.add_argument("--bucket", default=os.environ.get("S3_BUCKET", "clickagg-raw"))
+    parser.add_argument("--root", default=raw_dumps.ROOT, help="key prefix of the dumps in the bucket")
+    parser.add_argument("--horizon-s", type=int, default=int(os.environ.get("RECONCILE_DUPLICATE_HORIZON_S", "10800")))
+    parser.add_argument("--late-after-s", type=int,
+                        default=60 + int(os.environ.get("ROLLUP_LOOKBACK_S", "600")) + int(os.environ.get("ROLLUP_LATENESS_S", "20")),
+                        help="a click stored this long after its minute began missed every minute rollup")
+    parser.add_argument("--master", help="Spark master when not run by spark-submit, e.g. local[2]")
+    args = parser.parse_args(argv)
+    if raw_dumps.hours_between(args.start, args.end) != [args.start]:
+        parser.error("--start and --end must be one whole hour")
+    started = time.monotonic()
+    if "://" not in args.output:
+        shutil.rmtree(args.output, ignore_errors=True)  # no summary or _FAILED of an earlier run survives
+
+    store = raw_dumps.DumpStore(raw_dumps.s3_client(os.environ), args.bucket, args.root)
+    try:
+        hour = store.require_manifest(args.start)
+        earlier = [store.require_manifest(h) for h in raw_dumps.horizon_hours(args.start, args.horizon_s)]
+        for manifest in [*earlier, hour]:
+            store.check_files(manifest)
+    except (raw_dumps.DumpMissing, raw_dumps.DumpMismatch) as error:
+        return _fail(args.output, error)
+
+    spark = build_session("reconcile_clicks", os.environ, args.master)
+    try:
+        hour_clicks, earlier_clicks = extract(spark, store, hour, earlier)
+        try:
+            verify(spark, store, hour, hour_clicks, earlier)
+        except raw_dumps.DumpMismatch as error:
+            return _fail(args.output, error)
+        clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s)
+        labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)
+        load(transform_minute_facts(labelled), transform_minute_users(labelled), args.output)
+        late = transform_late_clicks(labelled, args.late_after_s).first()
+        summary = {
+            "hour": args.start.isoformat(),
+            "rows": hour.row_count,
+            "earlier_hours": [m.hour_start.isoformat() for m in earlier],
+            "earlier_rows": sum(m.row_count for m in earlier),
+            "dump_run_id": hour.run_id,
+            "checksum": hour.checksum,
+            "late_after_s": args.late_after_s,
+            "late_clicks": late["late_clicks"],
+            "late_billable_clicks": late["late_billable_clicks"],
+            "recompute_seconds": round(time.monotonic() - started, 3),
+            "output": args.output,
+        }
+        _write_local(args.output, "summary.json", json.dumps(summary))
+        print("reconcile_clicks " + json.dumps(summary), flush=True)
+    finally:
+        spark.stop()
+    return 0
+
+
+def _fail(output: str, error: Exception) -> int:
+    message = f"{type(error).__name__}: {error}"
+    _write_local(output, "_FAILED", message)
+    print(f"reconcile_clicks FAILED {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The reconciliation DAG parses with the expected graph; its tasks plan the hour, pick the hours to
+dump, verify the dumps, call the warehouse and fail loudly (S3 and the warehouse are fakes here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from spark_jobs import raw_dumps
+from tests.spark_jobs.fake_s3 import FakeS3
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "reconcile_clicks_hourly"
+H10 = datetime(2026, 1, 1, 10, tzinfo=timezone.utc)
+HOUR = timedelta(hours=1)
+WINDOW_ENV = ("CLICK_TOKEN_LIFETIME_S", "CLICK_DEDUP_TTL_S", "RECONCILE_DUPLICATE_HORIZON_S", "RAW_CLICK_TTL_S",
+              "DUMP_RETENTION_S", "ROLLUP_LATENESS_S", "ROLLUP_LOOKBACK_S", "RECONCILE_DRIFT_THRESHOLD",
+              "RECONCILE_MARGIN_S", "RECONCILE_START_DATE")
+
+
+@pytest.fixture
+def parse(monkeypatch, tmp_path_factory, tmp_path):
+    """Parse the repo's dags/ folder into a DagBag, with a throwaway AIRFLOW_HOME and staging folder."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
+    monkeypatch.setenv("ROLLUP_STAGING_DIR", str(tmp_path / "staging"))
+    for name in WINDOW_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+    def run(**env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        handlers, level = logging.root.handlers[:], logging.root.level
+        from airflow.models import DagBag
+
+        logging.root.handlers[:], logging.root.level = handlers, level
+        return DagBag(dag_folder=str(REPO / "dags"))
+
+    return run
+
+
+@pytest.fixture
+def bag(parse):
+    return parse()
+
+
+@pytest.fixture
+def dag(bag):
+    return bag.dags[DAG_ID]
+
+
+def module(dag):
+    """The DAG file's module-level functions (plan, dump_range, record_failure)."""
+    return SimpleNamespace(**dag.get_task("plan_hour").python_callable.__globals__)
+
+
+def plan_hour(dag, conf: dict | None = None, interval_start: datetime | None = H10) -> dict:
+    return dag.get_task("plan_hour").python_callable(dag_run=SimpleNamespace(conf=conf), data_interval_start=interval_start)
+
+
+# The graph
+
+
+def test_the_dag_parses_without_errors(bag):
+    assert bag.import_errors == {}
+    assert DAG_ID in bag.dags
+
+
+def test_the_tasks_wait_dump_verify_recompute_repair_then_check(dag):
+    edges = {(up, task.task_id) for task in dag.tasks for up in task.upstream_task_ids}
+
+    assert set(dag.task_ids) == {
+        "plan_hour", "wait_for_hour_to_settle", "plan_dump", "dump_raw_clicks", "verify_dumps",
+        "recompute_from_dumps", "compare_and_repair", "check_drift", "delete_expired_dumps",
+    }
+    assert edges == {
+        ("plan_hour", "wait_for_hour_to_settle"), ("wait_for_hour_to_settle", "plan_dump"), ("plan_hour", "plan_dump"),
+        ("plan_dump", "dump_raw_clicks"), ("plan_dump", "verify_dumps"), ("dump_raw_clicks", "verify_dumps"),
+        ("plan_hour", "verify_dumps"), ("verify_dumps", "recompute_from_dumps"),
+        ("recompute_from_dumps", "compare_and_repair"), ("plan_hour", "compare_and_repair"),
+        ("compare_and_repair", "check_drift"),
+    }
+    assert dag.get_task("verify_dumps").trigger_rule == "none_failed_min_one_success"
+
+
+def test_runs_are_hourly_serial_retried_not_caught_up_and_start_paused(dag):
+    assert (dag.max_active_runs, dag.catchup, dag.is_paused_upon_creation) == (1, False, True)
+    assert dag.start_date == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert dag.timetable.expression == "0 * * * *"
+    assert "repaired and recorded" in dag.doc_md
+    assert all(task.retries >= 1 for task in dag.tasks)
+
+
+def test_the_data_tasks_record_their_failure_in_the_warehouse(dag):
+    record = module(dag).record_failure
+    for task_id in ("plan_dump", "dump_raw_clicks", "verify_dumps", "recompute_from_dumps", "compare_and_repair"):
+        assert dag.get_task(task_id).on_failure_callback == [record], task_id
+    assert not dag.get_task("check_drift").on_failure_callback
+
+
+# Planning the hour
+
+
+def test_a_scheduled_run_reconciles_its_data_interval(dag, tmp_path):
+    assert plan_hour(dag, conf={}) == {
+        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "dump": True,
+        "drift_threshold": 0.0001, "horizon_s": 10800, "late_after_s": 680, "raw_click_ttl_s": 2592000,
+        "output": f"{tmp_path}/staging/reconcile_clicks/20260101T10",
+    }
+
+
+def test_a_scheduled_runs_pendulum_interval_gives_aware_bounds(dag):
+    import pendulum
+
+    window = plan_hour(dag, conf={}, interval_start=pendulum.datetime(2026, 1, 1, 10, tz="UTC"))
+
+    assert (window["start"], window["end"]) == ("2026-01-01T10:00:00+00:00", "2026-01-01T11:00:00+00:00")
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [{"hour": "2026-01-01T12:00:00+02:00"}, {"start": "2026-01-01T10:00", "end": "2026-01-01T11:00Z"}],
+    ids=["hour", "start-end"],
+)
+def test_a_manual_run_reconciles_the_hour_of_its_conf(dag, conf):
+    window = plan_hour(dag, conf=conf, interval_start=None)
+
+    assert (window["start"], window["end"]) == ("2026-01-01T10:00:00+00:00", "2026-01-01T11:00:00+00:00")
+
+
+def test_a_manual_run_can_skip_the_dump_and_set_its_threshold(dag):
+    window = plan_hour(dag, conf={"hour": "2026-01-01T10:00Z", "dump": "false", "drift_threshold": 0.5})
+
+    assert (window["dump"], window["drift_threshold"]) == (False, 0.5)
+
+
+def test_the_threshold_and_windows_come_from_the_environment(parse):
+    dag = parse(RECONCILE_DRIFT_THRESHOLD="0.02", ROLLUP_LOOKBACK_S="120", RECONCILE_DUPLICATE_HORIZON_S="7200").dags[DAG_ID]
+
+    window = plan_hour(dag, conf={})
+
+    assert (window["drift_threshold"], window["late_after_s"], window["horizon_s"]) == (0.02, 200, 7200)
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"hour": "2026-01-01T10:30:00Z"}, "not the start of an hour"),
+        ({"start": "2026-01-01T10:00:00Z", "end": "2026-01-01T12:00:00Z"}, "one hour"),
+        ({"start": "2026-01-01T10:00:00Z"}, "both"),
+        ({"hour": "2026-01-01T10:00:00Z", "drift_threshold": -1}, "negative"),
+    ],
+    ids=["unaligned", "two-hours", "start-only", "negative-threshold"],
+)
+def test_a_bad_conf_fails_the_plan(dag, conf, message):
+    with pytest.raises(ValueError, match=message):
+        plan_hour(dag, conf=conf)
+
+
+def test_a_manual_run_without_an_hour_has_nothing_to_reconcile(dag):
+    with pytest.raises(ValueError, match='needs "hour"'):
+        plan_hour(dag, conf={}, interval_start=None)
+
+
+@pytest.mark.parametrize(
+    ("ended_ago", "done"),
+    [(timedelta(hours=1), True), (timedelta(minutes=10), False), (timedelta(hours=-1), False)],
+    ids=["settled", "within-the-lookback", "not-closed"],
+)
+def test_the_sensor_waits_for_the_lookback_lateness_and_margin(dag, ended_ago, done):
+    end = datetime.now(timezone.utc) - ended_ago
+
+    result = dag.get_task("wait_for_hour_to_settle").python_callable({"end": end.isoformat()})
+
+    assert result.is_done is done
+
+
+# Choosing the hours to dump
+
+
+NOW = H10 + 2 * HOUR
+EARLIER = [H10 - 3 * HOUR, H10 - 2 * HOUR, H10 - HOUR]
+
+
+def window(dump=True, ttl_s=30 * 86400, hour=H10) -> dict:
+    return {"start": hour.isoformat(), "dump": dump, "raw_click_ttl_s": ttl_s}
+
+
+def test_dump_the_hour_alone_when_the_earlier_hours_are_dumped(dag):
+    assert module(dag).dump_range(window(), EARLIER, set(EARLIER), NOW) == {
+        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+
+
+def test_dump_from_the_first_earlier_hour_without_a_dump(dag):
+    assert module(dag).dump_range(window(), EARLIER, {EARLIER[0]}, NOW) == {
+        "start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+
+
+def test_no_dump_asked_dumps_nothing_even_with_earlier_hours_missing(dag):
+    assert module(dag).dump_range(window(dump=False), EARLIER, set(EARLIER), NOW) is None
+    assert module(dag).dump_range(window(dump=False), EARLIER, set(), NOW) is None
+
+
+def test_hours_cassandra_no_longer_holds_are_never_dumped(dag):
+    ttl_s = 3 * 3600  # oldest hour held in full: NOW - 3 h + 1 h margin = 10:00
+
+    assert module(dag).dump_range(window(ttl_s=ttl_s), EARLIER, set(), NOW) == {
+        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+    assert module(dag).dump_range(window(ttl_s=ttl_s), EARLIER, set(), NOW + HOUR) is None
+
+
+# The tasks, on an in-memory S3
+
+
+@pytest.fixture
+def s3(monkeypatch) -> FakeS3:
+    fake = FakeS3()
+    monkeypatch.setattr(raw_dumps, "s3_client", lambda environ: fake)
+    monkeypatch.setenv("S3_BUCKET", "bucket")
+    return fake
+
+
+def publish(s3: FakeS3, hour: datetime, rows: int = 3) -> raw_dumps.Manifest:
+    prefix = raw_dumps.run_prefix("raw_clicks", hour, "r1")
+    s3.put("bucket", prefix + "part-0.parquet", b"1234")
+    manifest = raw_dumps.build_manifest(
+        "raw_clicks", hour, "r1", {prefix + "part-0.parquet": 4},
+        {"rows": rows, "min_clicked_at": None, "max_clicked_at": None, "checksum": "xxhash64-sum:1"}, ["minute"], hour,
+    )
+    raw_dumps.DumpStore(s3, "bucket").publish(manifest)
+    return manifest
+
+
+class FakeTaskInstance:
+    def __init__(self, returned: dict | None = None, task_id: str = ""):
+        self.returned, self.task_id, self.pushed = returned or {}, task_id, {}
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+    def xcom_pull(self, task_ids, key="return_value"):
+        return self.pushed.get(key) if task_ids is None else self.returned.get(task_ids)
+
+
+def recent_window(dag, hour: datetime, **conf) -> dict:
+    return plan_hour(dag, conf={"hour": hour.isoformat(), **conf})
+
+
+def test_plan_dump_dumps_from_the_first_earlier_hour_without_a_dump(dag, s3):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    publish(s3, hour - 3 * HOUR)
+    ti = FakeTaskInstance()
+
+    chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti)
+
+    assert chosen == "dump_raw_clicks"
+    assert ti.pushed["dump"] == {"start": (hour - 2 * HOUR).isoformat(), "end": (hour + HOUR).isoformat()}
+
+
+def test_plan_dump_goes_straight_to_verify_when_nothing_is_to_be_dumped(dag, s3):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    for h in raw_dumps.horizon_hours(hour, 10800):
+        publish(s3, h)
+    ti = FakeTaskInstance()
+
+    assert dag.get_task("plan_dump").python_callable(recent_window(dag, hour, dump=False), ti=ti) == "verify_dumps"
+    assert ti.pushed == {}
+
+
+def test_verify_dumps_returns_the_row_counts_of_the_hour_and_its_horizon(dag, s3):
+    for n, h in enumerate([H10 - 3 * HOUR, H10 - 2 * HOUR, H10 - HOUR, H10]):
+        publish(s3, h, rows=n)
+
+    rows = dag.get_task("verify_dumps").python_callable(plan_hour(dag, conf={}))
+
+    assert rows == {"2026-01-01T07:00:00+00:00": 0, "2026-01-01T08:00:00+00:00": 1, "2026-01-01T09:00:00+00:00": 2,
+                    "2026-01-01T10:00:00+00:00": 3}
+
+
+def test_a_missing_dump_fails_verify_without_retrying_and_says_which(dag, s3):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    for h in [H10 - 3 * HOUR, H10 - 2 * HOUR, H10]:
+        publish(s3, h)
+
+    with pytest.raises(AirflowFailException, match=r"no dump of raw clicks for the hour 2026-01-01T09:00:00\+00:00"):
+        dag.get_task("verify_dumps").python_callable(plan_hour(dag, conf={}))
+
+
+def test_a_dump_whose_files_differ_from_its_manifest_fails_verify(dag, s3):
+    for h in [H10 - 3 * HOUR, H10 - 2 * HOUR, H10 - HOUR]:
+        publish(s3, h)
+    manifest = publish(s3, H10)
+    s3.put("bucket", manifest.files[0][0], b"12")
+
+    with pytest.raises(Exception, match="has 2 bytes, the manifest says 4"):
+        dag.get_task("verify_dumps").python_callable(plan_hour(dag, conf={}))
+
+
+def test_retention_deletes_the_expired_hours(dag, s3, monkeypatch):
+    monkeypatch.setenv("DUMP_RETENTION_S", str(30 * 86400))
+    old, recent = datetime(2020, 1, 1, 10, tzinfo=timezone.utc), datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    publish(s3, old)
+    publish(s3, recent)
+
+    result = dag.get_task("delete_expired_dumps").python_callable()
+
+    assert result["hours_deleted"] == [old.isoformat()]
+    assert all(k.startswith(raw_dumps.hour_prefix("raw_clicks", recent)) for k in s3.keys("bucket"))
+
+
+# The calls to the warehouse
+
+
+class FakeResponse:
+    def __init__(self, body: dict, status_code: int = 200):
+        self.body, self.status_code, self.text = body, status_code, str(body)
+
+    def json(self) -> dict:
+        return self.body
+
+
+@pytest.fixture
+def warehouse_posts(monkeypatch):
+    import requests
+
+    posts, answers = [], []
+
+    def post(url, json, headers, timeout):
+        posts.append({"url": url, "json": json, "headers": headers})
+        return answers.pop(0)
+
+    monkeypatch.setattr(requests, "post", post)
+    monkeypatch.setenv("WAREHOUSE_URL", "http://warehouse.test")
+    monkeypatch.setenv("WAREHOUSE_ADMIN_TOKEN", "tok")
+    return posts, answers
+
+
+REPORT = {"hour_at": "2026-01-01T10:00:00", "status": "repaired", "detail": {"message": "2 of 9 cells differed"}}
+
+
+def test_compare_and_repair_sends_the_output_and_the_recompute_summary_then_removes_the_output(dag, warehouse_posts):
+    posts, answers = warehouse_posts
+    answers.append(FakeResponse(REPORT))
+    window = plan_hour(dag, conf={"hour": "2026-01-01T10:00Z", "drift_threshold": 0.25})
+    output = Path(window["output"])
+    (output / "minute").mkdir(parents=True)
+    (output / "summary.json").write_text(json.dumps({"late_clicks": 4}))
+
+    assert dag.get_task("compare_and_repair").python_callable(window) == REPORT
+    assert posts == [{
+        "url": "http://warehouse.test/internal/reconciliations/clicks-hour",
+        "json": {"hour": "2026-01-01T10:00:00+00:00", "output": str(output), "drift_threshold": 0.25,
+                 "context": {"late_clicks": 4}},
+        "headers": {"Authorization": "Bearer tok"},
+    }]
+    assert not output.exists()
+
+
+def test_check_drift_fails_the_run_when_the_report_says_failed(dag):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    failed = {**REPORT, "status": "failed", "detail": {"message": "drift 0.3 is over the threshold 0.1"}}
+
+    with pytest.raises(AirflowFailException, match="drift over threshold in 2026-01-01T10:00:00: drift 0.3"):
+        dag.get_task("check_drift").python_callable(failed)
+    assert dag.get_task("check_drift").python_callable(REPORT) is None
+
+
+def test_a_failed_task_is_recorded_with_the_jobs_own_message(dag, warehouse_posts):
+    posts, answers = warehouse_posts
+    answers.append(FakeResponse({"status": "failed"}))
+    window = plan_hour(dag, conf={})
+    Path(window["output"]).mkdir(parents=True)
+    (Path(window["output"]) / "_FAILED").write_text("DumpMismatch: row count 2 != manifest 3\n")
+    context = {"ti": FakeTaskInstance({"plan_hour": window}, task_id="recompute_from_dumps"),
+               "exception": RuntimeError("spark-submit exited 2"), "run_id": "manual__x"}
+
+    module(dag).record_failure(context)
+
+    assert posts[0]["url"] == "http://warehouse.test/internal/reconciliations/clicks-hour/failed"
+    assert posts[0]["json"] == {
+        "hour": "2026-01-01T10:00:00+00:00",
+        "detail": "recompute_from_dumps failed: spark-submit exited 2 (DumpMismatch: row count 2 != manifest 3)",
+        "context": {"run_id": "manual__x"},
+    }
+
+
+def test_spark_args_are_the_planned_hour_and_the_dump_range(dag):
+    from airflow.sdk.execution_time import macros
+
+    window = plan_hour(dag, conf={})
+    ti = FakeTaskInstance({"plan_hour": window})
+    ti.pushed["dump"] = {"start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+    ti.xcom_pull = lambda task_ids, key="return_value": ti.pushed[key] if task_ids == "plan_dump" else ti.returned[task_ids]
+    context = {"ti": ti, "macros": macros}
+
+    def render(task_id):
+        task = dag.get_task(task_id)
+        return task.render_template(task.application_args, context, jinja_env=dag.get_template_env())
+
+    assert render("dump_raw_clicks") == ["--start", "2026-01-01T08:00:00+00:00", "--end", "2026-01-01T11:00:00+00:00"]
+    assert render("recompute_from_dumps") == [
+        "--start", window["start"], "--end", window["end"], "--output", window["output"],
+        "--horizon-s", "10800", "--late-after-s", "680",
+    ]
