@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -245,7 +246,7 @@ def run(args) -> dict:
         for first in (empty, hour):
             for h in [*raw_dumps.horizon_hours(first, args.horizon_s), first]:
                 store.delete_hour(h)
-        db.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "infra.bench.bench_reconcile", "generate", "--clicks", "0",
                         "--earlier-clicks", "0"],
                        check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -294,6 +295,8 @@ def print_table(figures: dict) -> None:
     print(f"{'reconcile = recompute + repair':<30} {rec['seconds']:>8.1f} {'':>8} {'':>11} {rec['rows_per_s_wall']:>12,} "
           f"{rec['extrapolated_36m_s']:>8.1f}")
     print(f"target for 36M clicks: under {TARGET_S}s each; met: {figures['meets_target']}")
+    if "load_average_before_after" in figures:
+        print(f"load average 1/5/15 min, before then after: {figures['load_average_before_after']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "generate":
         return generate(args)
 
+    # Other work on the machine skews every figure: the load averages bracket the run.
+    load_before = os.getloadavg()
     figures = run(args)
+    figures["load_average_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
     print_table(figures)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = REPO / "docs" / "benchmarks" / f"reconcile-{stamp}.json"
