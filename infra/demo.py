@@ -87,6 +87,8 @@ def main() -> int:
     airflow = AirflowAPI(airflow_url, os.environ.get("AIRFLOW_USER", "admin"), os.environ.get("AIRFLOW_PASSWORD", "admin"))
     airflow.wait_for_dag("rollup_clicks_minute")
     airflow.set_paused("rollup_clicks_minute", False)
+    airflow.wait_for_dag("reconcile_clicks_hourly")
+    airflow.set_paused("reconcile_clicks_hourly", False)  # hourly dumps to S3 and reconciliation
     run_id = airflow.trigger("rollup_clicks_minute", start, end, note="make run demo")
     print("    (the run first waits for its interval to close plus the allowed lateness)")
     state = airflow.wait_for_run("rollup_clicks_minute", run_id, timeout=900, progress=lambda m: print(f"    {m}"))
