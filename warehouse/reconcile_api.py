@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hmac
 import math
 from datetime import datetime, timezone
 
@@ -27,17 +26,6 @@ def _con() -> duckdb.DuckDBPyConnection:
 
 def _error(status: int, message: str):
     return jsonify(error=message, status=status), status
-
-
-@bp.before_request
-def _require_admin_token():
-    if not request.path.startswith("/internal/"):
-        return None
-    expected = current_app.config.get("ADMIN_TOKEN")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if expected and not hmac.compare_digest(given.encode(), expected.encode()):
-        return _error(401, "this endpoint needs 'Authorization: Bearer <WAREHOUSE_ADMIN_TOKEN>'")
-    return None
 
 
 def _hour(body: dict) -> datetime:

@@ -58,8 +58,9 @@ def _error(status: int, message: str):
     return jsonify(error=message, status=status), status
 
 
-@bp.before_request
+@bp.before_app_request
 def _require_admin_token():
+    """Guard every /internal/ route of the app, whichever blueprint serves it."""
     if not request.path.startswith("/internal/"):
         return None
     expected = current_app.config.get("ADMIN_TOKEN")
