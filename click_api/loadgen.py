@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from click_api import config
 from click_api.tokens import Impression, mint, new_impression_id
 
 # Expected outcome of each planned click; the first three are labels raw_clicks.status stores.
@@ -682,8 +683,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from click_api import config
-
     try:
         cfg = config.from_env(os.environ)
         size = plan_size(args.clicks, args.rate, args.duration)

@@ -296,7 +296,7 @@ def gunicorn_settings() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.bench.bench_click", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30, help="length of each timed phase")
-    parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up before each phase")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds of warm-up before each phase")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the load generator")
     parser.add_argument("--fixed-rate", type=float, default=1000, help="clicks/s of the latency phase")
     parser.add_argument("--ads", type=int, default=1000, help="ads registered for the run (Zipf popularity)")
