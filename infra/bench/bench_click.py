@@ -251,13 +251,15 @@ def run_phase(name: str, plan, options: loadgen.RunOptions, meter: CpuMeter, war
 def check_targets(bare: dict, ours: dict, fixed: dict) -> dict[str, dict]:
     ratio = ours["answered_per_s"] / bare["answered_per_s"] if bare["answered_per_s"] else 0.0
     failures = sum(p["errors"] + p["unexpected_status"] for p in (bare, ours, fixed))
+    held = fixed["answered_per_s"] >= 0.95 * fixed["target_rate_per_s"]
     return {
         "ours_vs_bare_throughput": {"value": round(ratio, 3), "target": f">= {TARGETS['ours_vs_bare_min']}",
                                     "met": ratio >= TARGETS["ours_vs_bare_min"]},
         "ours_valid_clicks_per_s": {"value": ours["answered_per_s"], "target": f">= {TARGETS['ours_min_per_s']}",
                                     "met": ours["answered_per_s"] >= TARGETS["ours_min_per_s"]},
         "p99_ms_at_fixed_rate": {"value": fixed["latency_ms"]["p99"], "target": f"< {TARGETS['fixed_p99_max_ms']}",
-                                 "met": (fixed["latency_ms"]["p99"] or 1e9) < TARGETS["fixed_p99_max_ms"]},
+                                 "rate_held": held,
+                                 "met": held and (fixed["latency_ms"]["p99"] or 1e9) < TARGETS["fixed_p99_max_ms"]},
         "errors": {"value": failures, "target": "== 0", "met": failures == 0},
     }
 
@@ -275,6 +277,11 @@ def print_table(phases: list[dict], targets: dict[str, dict]) -> None:
             f"{cpu['loadgen']:.0f} / {cpu['server']:.0f} / {cpu.get('cassandra', 0):.0f} / "
             f"{cpu.get('redis', 0):.0f} / {cpu['other']:.0f}"
         )
+    for p in phases:
+        rate = p["target_rate_per_s"]
+        if rate and p["answered_per_s"] < 0.95 * rate:
+            print(f"  {p['name']}: the rate was not held ({p['answered_per_s']:.0f}/s answered, requests left up to "
+                  f"{p['schedule_lag_ms']['max'] / 1000:.1f}s late): its latencies are those of an overloaded service")
     print("\ntargets:")
     for name, t in targets.items():
         print(f"  {name:<28} {t['value']!s:>10}  (target {t['target']})  {'met' if t['met'] else 'MISSED'}")
