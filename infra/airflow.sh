@@ -24,6 +24,9 @@ configure() {
   export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT="${AIRFLOW_TRIGGER_LOG_SERVER_PORT:-18794}"
   export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
   export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
+  # Wait for SQLite's write lock instead of failing after 5 s (see infra/airflow_sqlite.py).
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=infra.airflow_sqlite.SYNC
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC=infra.airflow_sqlite.ASYNC
   # The jobs import the project's packages (the DAGs only launch them).
   export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export AIRFLOW_CONN_SPARK_DEFAULT="{\"conn_type\": \"spark\", \"host\": \"$SPARK_MASTER\"}"

@@ -11,11 +11,28 @@ import requests
 FINISHED = {"success", "failed"}
 
 
+class AirflowError(RuntimeError):
+    def __init__(self, method: str, path: str, status: int, text: str):
+        super().__init__(f"Airflow {method} {path}: {status} {text[:500]}")
+        self.status = status
+
+
 class AirflowAPI:
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30):
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout: float = 30,
+        attempts: int = 4,
+        backoff: float = 2.0,
+        http: requests.Session | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
-        self.http = requests.Session()
+        self.http = http or requests.Session()
         self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
         response = self.http.post(
             f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=timeout
         )
@@ -24,9 +41,18 @@ class AirflowAPI:
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
-        response = self.http.request(method, f"{self.base_url}/api/v2{path}", timeout=self.timeout, **kwargs)
+        """One API call, retried on 5xx: the metadata database can be briefly busy (it is SQLite here).
+
+        Every call this client makes is safe to repeat: reads, pausing, clearing, and triggers that
+        carry their own run ID (see ``trigger`` for the repeat that finds its run already created).
+        """
+        for attempt in range(1, self.attempts + 1):
+            response = self.http.request(method, f"{self.base_url}/api/v2{path}", timeout=self.timeout, **kwargs)
+            if response.status_code < 500 or attempt == self.attempts:
+                break
+            time.sleep(self.backoff * attempt)
         if response.status_code >= 400:
-            raise RuntimeError(f"Airflow {method} {path}: {response.status_code} {response.text[:500]}")
+            raise AirflowError(method, path, response.status_code, response.text)
         return response.json() if response.content else {}
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
@@ -46,16 +72,22 @@ class AirflowAPI:
     def trigger(self, dag_id: str, start: datetime, end: datetime, note: str = "") -> str:
         """Trigger a manual run for the window [start, end) (passed in its conf); return its run ID."""
         run_id = f"manual__{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}__{uuid.uuid4().hex[:8]}"
-        self._call(
-            "POST",
-            f"/dags/{dag_id}/dagRuns",
-            json={
-                "dag_run_id": run_id,
-                "logical_date": None,
-                "conf": {"start": start.isoformat(), "end": end.isoformat()},
-                "note": note or None,
-            },
-        )
+        try:
+            self._call(
+                "POST",
+                f"/dags/{dag_id}/dagRuns",
+                json={
+                    "dag_run_id": run_id,
+                    "logical_date": None,
+                    "conf": {"start": start.isoformat(), "end": end.isoformat()},
+                    "note": note or None,
+                },
+            )
+        except AirflowError as error:
+            # A retried POST whose first attempt did commit: the run ID is ours, so the run is too.
+            if error.status != 409:
+                raise
+            self.run_state(dag_id, run_id)
         return run_id
 
     def clear(self, dag_id: str, run_id: str) -> None:

@@ -16,4 +16,12 @@ say "lint"
 "$VENV/bin/ruff" check .
 
 say "tests (unit, then integration and end-to-end against the real services)"
-PYTHONPATH="$REPO_ROOT" "$VENV/bin/python" -m pytest "$@"
+if ! PYTHONPATH="$REPO_ROOT" "$VENV/bin/python" -m pytest "$@"; then
+  # The services' own logs often say why; show their last errors before the services are stopped.
+  for log in "$LOG_DIR"/{airflow,warehouse,click_api}.log; do
+    [[ -f "$log" ]] || continue
+    say "last errors in $log:"
+    grep -n -E "ERROR|CRITICAL|Traceback|OperationalError" "$log" | tail -n 15 || true
+  done
+  exit 1
+fi

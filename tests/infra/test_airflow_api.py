@@ -1,0 +1,83 @@
+"""The Airflow client retries what a busy metadata database refuses, and never makes two runs of one trigger."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from infra.airflow_api import AirflowAPI, AirflowError
+
+
+class Reply:
+    def __init__(self, status: int, body: str = "{}"):
+        self.status_code = status
+        self.text = body
+        self.content = body.encode()
+
+    def json(self):
+        import json
+
+        return json.loads(self.text)
+
+
+class ScriptedHTTP:
+    """Answers each request with the next scripted reply and records what was asked."""
+
+    def __init__(self, replies: list[Reply]):
+        self.replies = list(replies)
+        self.headers: dict[str, str] = {}
+        self.requests: list[tuple[str, str]] = []
+
+    def post(self, url, **kwargs):
+        return Reply(200, '{"access_token": "t"}')
+
+    def request(self, method, url, **kwargs):
+        self.requests.append((method, url.split("/api/v2", 1)[1]))
+        return self.replies.pop(0)
+
+
+def client(*replies: Reply) -> tuple[AirflowAPI, ScriptedHTTP]:
+    http = ScriptedHTTP(list(replies))
+    return AirflowAPI("http://airflow", "admin", "admin", attempts=3, backoff=0, http=http), http
+
+
+WINDOW = (datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc), datetime(2026, 11, 28, 2, 5, tzinfo=timezone.utc))
+
+
+def test_a_database_error_is_retried_until_the_call_succeeds():
+    api, http = client(Reply(500, '{"detail": "Database error"}'), Reply(200, '{"state": "running"}'))
+    assert api.run_state("rollup", "r1") == "running"
+    assert len(http.requests) == 2
+
+
+def test_a_persistent_server_error_is_raised_after_the_last_attempt():
+    api, http = client(*[Reply(503, "busy")] * 3)
+    with pytest.raises(AirflowError) as raised:
+        api.run_state("rollup", "r1")
+    assert raised.value.status == 503
+    assert len(http.requests) == 3
+
+
+def test_client_errors_are_not_retried():
+    api, http = client(Reply(404, '{"detail": "no such run"}'))
+    with pytest.raises(AirflowError, match="404"):
+        api.run_state("rollup", "r1")
+    assert len(http.requests) == 1
+
+
+def test_a_trigger_whose_first_attempt_committed_returns_the_run_it_created():
+    api, http = client(Reply(500, "Database error"), Reply(409, "already exists"), Reply(200, '{"state": "queued"}'))
+    run_id = api.trigger("rollup", *WINDOW)
+    assert run_id.startswith("manual__20261128T0200-20261128T0205__")
+    assert http.requests == [
+        ("POST", "/dags/rollup/dagRuns"),
+        ("POST", "/dags/rollup/dagRuns"),
+        ("GET", f"/dags/rollup/dagRuns/{run_id}"),
+    ]
+
+
+def test_a_trigger_that_conflicts_with_an_unknown_run_is_an_error():
+    api, _ = client(Reply(409, "already exists"), Reply(404, "not found"))
+    with pytest.raises(AirflowError, match="404"):
+        api.trigger("rollup", *WINDOW)
