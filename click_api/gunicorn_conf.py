@@ -3,11 +3,12 @@
 import os
 
 bind = f"127.0.0.1:{os.environ.get('CLICK_API_PORT', '18000')}"
-workers = int(os.environ.get("CLICK_API_WORKERS", "2"))
 # A click's thread mostly waits: about 11 ms for Cassandra's group commit (5 ms window plus
-# fsync) of its 15 ms. With 4 threads a worker, 8 clicks in flight held /click near 450/s;
-# 16 measured about 20% more on two cores (`make bench-click`), where the CPU is the limit.
-threads = int(os.environ.get("CLICK_API_THREADS", "16"))
+# fsync) of its 15 ms, so a worker needs several threads. Past 8 threads, more of them in one
+# process mostly contend for its interpreter lock: on two cores 4 workers x 8 threads answered
+# about 20% more clicks/s than 2 x 16 (`make bench-click`, docs/benchmarks.md).
+workers = int(os.environ.get("CLICK_API_WORKERS", "4"))
+threads = int(os.environ.get("CLICK_API_THREADS", "8"))
 worker_class = "gthread"
 backlog = 2048
 keepalive = 5
