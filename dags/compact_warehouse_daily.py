@@ -7,24 +7,10 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from warehouse import client as warehouse_client
+
 LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
-
-
-def _warehouse(method: str, path: str, body: dict | None, timeout: float) -> dict:
-    import requests
-
-    headers = {}
-    if os.environ.get("WAREHOUSE_ADMIN_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['WAREHOUSE_ADMIN_TOKEN']}"
-    url = os.environ.get("WAREHOUSE_URL", "http://127.0.0.1:18100") + path
-    if method == "GET":
-        response = requests.get(url, headers=headers, timeout=timeout)
-    else:
-        response = requests.post(url, json=body, headers=headers, timeout=timeout)
-    if response.status_code >= 400:
-        raise RuntimeError(f"warehouse answered {response.status_code} to {path}: {response.text.strip()}")
-    return response.json()
 
 
 def day_is_settled(complete_through: str | None, day_end: datetime) -> bool:
@@ -60,14 +46,14 @@ def compact_warehouse_daily():
     @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
     def wait_for_watermark(data_interval_end=None) -> PokeReturnValue:
         """Wait until the minute rollup has settled the whole day."""
-        health = _warehouse("GET", "/healthz", None, timeout=30)
+        health = warehouse_client.call("GET", "/healthz", None, timeout=30)
         return PokeReturnValue(is_done=day_is_settled(health.get("complete_through"), data_interval_end))
 
     @task
     def compact_day(data_interval_start=None) -> dict:
         """Rewrite the day sorted by advertiser, ad and time, in one transaction."""
-        return _warehouse("POST", "/internal/compactions/clicks-minute",
-                          {"day": data_interval_start.date().isoformat()}, timeout=3600)
+        return warehouse_client.call("POST", "/internal/compactions/clicks-minute",
+                                     {"day": data_interval_start.date().isoformat()}, timeout=3600)
 
     wait_for_watermark() >> compact_day()
 

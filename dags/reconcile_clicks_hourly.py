@@ -11,6 +11,8 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from warehouse import client as warehouse_client
+
 REPO = Path(__file__).resolve().parents[1]
 LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
 LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
@@ -91,19 +93,6 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
     return {"start": min(wanted).isoformat(), "end": (hour + HOUR).isoformat()}
 
 
-def _warehouse_post(path: str, body: dict, timeout: float) -> dict:
-    import requests
-
-    headers = {}
-    if os.environ.get("WAREHOUSE_ADMIN_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['WAREHOUSE_ADMIN_TOKEN']}"
-    url = os.environ.get("WAREHOUSE_URL", "http://127.0.0.1:18100") + path
-    response = requests.post(url, json=body, headers=headers, timeout=timeout)
-    if response.status_code >= 400:
-        raise RuntimeError(f"warehouse answered {response.status_code} to {path}: {response.text.strip()}")
-    return response.json()
-
-
 def _store():
     from spark_jobs import raw_dumps
 
@@ -121,8 +110,8 @@ def record_failure(context) -> None:
     if failed.exists():
         detail += f" ({failed.read_text().strip()})"
     try:
-        _warehouse_post("/internal/reconciliations/clicks-hour/failed",
-                        {"hour": window["start"], "detail": detail, "context": {"run_id": context.get("run_id")}}, 60)
+        warehouse_client.call("POST", "/internal/reconciliations/clicks-hour/failed",
+                              {"hour": window["start"], "detail": detail, "context": {"run_id": context.get("run_id")}}, 60)
     except Exception:  # the task has failed already; do not hide why behind a second error
         log.exception("could not record the failed reconciliation of %s", window["start"])
 
@@ -254,7 +243,8 @@ def reconcile_clicks_hourly():
         import shutil
 
         summary = json.loads((Path(window["output"]) / "summary.json").read_text())
-        report = _warehouse_post(
+        report = warehouse_client.call(
+            "POST",
             "/internal/reconciliations/clicks-hour",
             {"hour": window["start"], "output": window["output"], "drift_threshold": window["drift_threshold"],
              "context": summary},

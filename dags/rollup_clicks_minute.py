@@ -9,6 +9,8 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from warehouse import client as warehouse_client
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULE = os.environ.get("ROLLUP_SCHEDULE", "* * * * *")
 LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
@@ -41,19 +43,6 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
         raise ValueError(f"the window [{start}, {end}) must be whole minutes, end after start")
     output = f"{STAGING_DIR}/fct_clicks_minute/{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
     return {"start": start.isoformat(), "end": end.isoformat(), "output": output}
-
-
-def _warehouse_post(path: str, body: dict, timeout: float) -> dict:
-    import requests
-
-    headers = {}
-    if os.environ.get("WAREHOUSE_ADMIN_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['WAREHOUSE_ADMIN_TOKEN']}"
-    url = os.environ.get("WAREHOUSE_URL", "http://127.0.0.1:18100") + path
-    response = requests.post(url, json=body, headers=headers, timeout=timeout)
-    if response.status_code >= 400:
-        raise RuntimeError(f"warehouse answered {response.status_code} to {path}: {response.text.strip()}")
-    return response.json()
 
 
 @dag(
@@ -108,14 +97,15 @@ def rollup_clicks_minute():
         """Replace the window in the warehouse from the job's Parquet output, atomically."""
         import shutil
 
-        result = _warehouse_post("/internal/loads/clicks-minute", window, timeout=600)
+        result = warehouse_client.call("POST", "/internal/loads/clicks-minute", window, timeout=600)
         shutil.rmtree(window["output"], ignore_errors=True)
         return result
 
     @task
     def check_quality(window: dict) -> None:
         """Fail the run when a key is duplicated or null, or a count is impossible."""
-        report = _warehouse_post("/internal/checks", {"start": window["start"], "end": window["end"]}, timeout=300)
+        bounds = {"start": window["start"], "end": window["end"]}
+        report = warehouse_client.call("POST", "/internal/checks", bounds, timeout=300)
         if not report["passed"]:
             raise ValueError("data-quality checks failed: " + "; ".join(report["failures"]))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import duckdb
+if TYPE_CHECKING:
+    import duckdb
 
 
 def connect(path: str, read_only: bool = False, threads: int | None = None) -> duckdb.DuckDBPyConnection:
@@ -18,6 +20,8 @@ def connect(path: str, read_only: bool = False, threads: int | None = None) -> d
     config: dict = {}
     if threads:
         config["threads"] = threads
+    import duckdb  # here, so that importing warehouse.client (the DAGs do) does not load DuckDB
+
     con = duckdb.connect(path, read_only=read_only, config=config)
     con.execute("SET GLOBAL TimeZone = 'UTC'")
     return con
