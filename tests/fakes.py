@@ -63,3 +63,13 @@ class FakeDeduper:
     def ping(self) -> None:
         if self.down:
             raise ConnectionError("redis is down")
+
+
+class FakeResponse:
+    """What ``requests.get``/``requests.post`` return, reduced to what the code under test reads."""
+
+    def __init__(self, body: dict, status_code: int = 200):
+        self.body, self.status_code, self.text = body, status_code, str(body)
+
+    def json(self) -> dict:
+        return self.body

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fakes import FakeResponse
+
 DAG_ID = "compact_warehouse_daily"
 DAY_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DAY_END = DAY_START + timedelta(days=1)
-
-
-@pytest.fixture
-def parse(monkeypatch, tmp_path_factory):
-    """Parse the repo's dags/ folder into a DagBag, with a throwaway AIRFLOW_HOME."""
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
-    for name in ("ROLLUP_LOOKBACK_S", "ROLLUP_START_DATE"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(**env):
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        # Importing Airflow replaces the root logger's handlers; put pytest's back.
-        handlers, level = logging.root.handlers[:], logging.root.level
-        from airflow.models import DagBag
-
-        logging.root.handlers[:], logging.root.level = handlers, level
-        return DagBag(dag_folder=str(REPO / "dags"))
-
-    return run
 
 
 @pytest.fixture
@@ -63,36 +43,6 @@ def test_runs_are_daily_serial_retried_and_not_caught_up(dag):
     assert dag.start_date == datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-class FakeResponse:
-    def __init__(self, body: dict, status_code: int = 200):
-        self.body, self.status_code, self.text = body, status_code, str(body)
-
-    def json(self) -> dict:
-        return self.body
-
-
-@pytest.fixture
-def warehouse(monkeypatch):
-    """Record the tasks' calls to the warehouse service and answer with canned bodies."""
-    import requests
-
-    calls, answers = [], []
-
-    def post(url, json, headers, timeout):
-        calls.append(("POST", url, json, headers))
-        return answers.pop(0)
-
-    def get(url, headers, timeout):
-        calls.append(("GET", url, None, headers))
-        return answers.pop(0)
-
-    monkeypatch.setattr(requests, "post", post)
-    monkeypatch.setattr(requests, "get", get)
-    monkeypatch.setenv("WAREHOUSE_URL", "http://warehouse.test")
-    monkeypatch.setenv("WAREHOUSE_ADMIN_TOKEN", "tok")
-    return calls, answers
-
-
 def test_compact_day_asks_the_warehouse_for_the_intervals_utc_day(dag, warehouse):
     calls, answers = warehouse
     answers.append(FakeResponse({"day": "2026-01-01", "minute_rows": 5}))
@@ -100,8 +50,8 @@ def test_compact_day_asks_the_warehouse_for_the_intervals_utc_day(dag, warehouse
     result = dag.get_task("compact_day").python_callable(data_interval_start=DAY_START)
 
     assert result == {"day": "2026-01-01", "minute_rows": 5}
-    assert calls == [("POST", "http://warehouse.test/internal/compactions/clicks-minute", {"day": "2026-01-01"},
-                      {"Authorization": "Bearer tok"})]
+    assert calls == [{"method": "POST", "url": "http://warehouse.test/internal/compactions/clicks-minute",
+                      "json": {"day": "2026-01-01"}, "headers": {"Authorization": "Bearer tok"}}]
 
 
 def test_a_refusal_fails_the_task_so_it_is_retried(dag, warehouse):
@@ -129,7 +79,7 @@ def test_the_sensor_waits_until_the_watermark_is_past_the_day_and_the_lookback(d
     result = dag.get_task("wait_for_watermark").python_callable(data_interval_end=DAY_END)
 
     assert result.is_done is done
-    assert calls[0][:2] == ("GET", "http://warehouse.test/healthz")
+    assert (calls[0]["method"], calls[0]["url"]) == ("GET", "http://warehouse.test/healthz")
 
 
 def test_the_lookback_comes_from_the_rollups_setting(parse, warehouse):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,33 +11,11 @@ import pytest
 
 from spark_jobs.fct_clicks_minute import minutes_between
 from spark_jobs.session import window_parser
+from tests.fakes import FakeResponse
 
-REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "rollup_clicks_minute"
 INTERVAL_START = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
 INTERVAL_END = INTERVAL_START + timedelta(minutes=1)
-
-
-@pytest.fixture
-def parse(monkeypatch, tmp_path_factory, tmp_path):
-    """Parse the repo's dags/ folder into a DagBag, with a throwaway AIRFLOW_HOME and staging folder."""
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
-    monkeypatch.setenv("ROLLUP_STAGING_DIR", str(tmp_path / "staging"))
-    for name in ("ROLLUP_SCHEDULE", "ROLLUP_LATENESS_S", "ROLLUP_LOOKBACK_S", "ROLLUP_START_DATE"):
-        monkeypatch.delenv(name, raising=False)
-
-    def run(**env):
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        # Importing Airflow replaces the root logger's handlers with its own; put pytest's back so
-        # the rest of the session logs as before.
-        handlers, level = logging.root.handlers[:], logging.root.level
-        from airflow.models import DagBag
-
-        logging.root.handlers[:], logging.root.level = handlers, level
-        return DagBag(dag_folder=str(REPO / "dags"))
-
-    return run
 
 
 @pytest.fixture
@@ -190,33 +167,8 @@ def test_the_job_accepts_the_rendered_window(dag):
 # The tasks' calls to the warehouse
 
 
-class FakeResponse:
-    def __init__(self, body: dict, status_code: int = 200):
-        self.body, self.status_code, self.text = body, status_code, str(body)
-
-    def json(self) -> dict:
-        return self.body
-
-
-@pytest.fixture
-def warehouse_posts(monkeypatch):
-    """Record the tasks' calls to the warehouse service and answer with canned bodies."""
-    import requests
-
-    posts, answers = [], []
-
-    def post(url, json, headers, timeout):
-        posts.append({"url": url, "json": json, "headers": headers})
-        return answers.pop(0)
-
-    monkeypatch.setattr(requests, "post", post)
-    monkeypatch.setenv("WAREHOUSE_URL", "http://warehouse.test")
-    monkeypatch.setenv("WAREHOUSE_ADMIN_TOKEN", "tok")
-    return posts, answers
-
-
-def test_load_warehouse_loads_the_folder_the_job_wrote_then_removes_it(dag, warehouse_posts):
-    posts, answers = warehouse_posts
+def test_load_warehouse_loads_the_folder_the_job_wrote_then_removes_it(dag, warehouse):
+    posts, answers = warehouse
     answers.append(FakeResponse({"rows_inserted": 3}))
     window = plan_window(dag, conf={})
     output = Path(render_spark_args(dag, window)[5])
@@ -226,6 +178,7 @@ def test_load_warehouse_loads_the_folder_the_job_wrote_then_removes_it(dag, ware
 
     assert result == {"rows_inserted": 3}
     assert posts == [{
+        "method": "POST",
         "url": "http://warehouse.test/internal/loads/clicks-minute",
         "json": {"start": "2026-01-01T09:50:00+00:00", "end": "2026-01-01T10:01:00+00:00", "output": str(output)},
         "headers": {"Authorization": "Bearer tok"},
@@ -233,8 +186,8 @@ def test_load_warehouse_loads_the_folder_the_job_wrote_then_removes_it(dag, ware
     assert not output.exists()
 
 
-def test_check_quality_checks_the_window_and_fails_on_a_failure(dag, warehouse_posts):
-    posts, answers = warehouse_posts
+def test_check_quality_checks_the_window_and_fails_on_a_failure(dag, warehouse):
+    posts, answers = warehouse
     answers.append(FakeResponse({"passed": False, "failures": ["fct_clicks_minute: negative count: 1 rows"]}))
 
     with pytest.raises(ValueError, match="negative count"):
@@ -244,16 +197,16 @@ def test_check_quality_checks_the_window_and_fails_on_a_failure(dag, warehouse_p
     assert posts[0]["json"] == {"start": "2026-01-01T09:50:00+00:00", "end": "2026-01-01T10:01:00+00:00"}
 
 
-def test_check_quality_passes_on_a_clean_report(dag, warehouse_posts):
-    _, answers = warehouse_posts
+def test_check_quality_passes_on_a_clean_report(dag, warehouse):
+    _, answers = warehouse
     answers.append(FakeResponse({"passed": True, "failures": []}))
 
     assert dag.get_task("check_quality").python_callable(plan_window(dag, conf={})) is None
     assert answers == []
 
 
-def test_a_warehouse_error_fails_the_task(dag, warehouse_posts):
-    _, answers = warehouse_posts
+def test_a_warehouse_error_fails_the_task(dag, warehouse):
+    _, answers = warehouse
     answers.append(FakeResponse({"error": "rows fall outside"}, status_code=400))
 
     with pytest.raises(RuntimeError, match="400 to /internal/loads/clicks-minute"):

@@ -4,7 +4,6 @@ dump, verify the dumps, call the warehouse and fail loudly (S3 and the warehouse
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,35 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from spark_jobs import raw_dumps
+from tests.fakes import FakeResponse
 from tests.spark_jobs.fake_s3 import FakeS3
 
-REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "reconcile_clicks_hourly"
 H10 = datetime(2026, 1, 1, 10, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
-WINDOW_ENV = ("CLICK_TOKEN_LIFETIME_S", "CLICK_DEDUP_TTL_S", "RECONCILE_DUPLICATE_HORIZON_S", "RAW_CLICK_TTL_S",
-              "DUMP_RETENTION_S", "ROLLUP_LATENESS_S", "ROLLUP_LOOKBACK_S", "RECONCILE_DRIFT_THRESHOLD",
-              "RECONCILE_MARGIN_S", "RECONCILE_START_DATE")
-
-
-@pytest.fixture
-def parse(monkeypatch, tmp_path_factory, tmp_path):
-    """Parse the repo's dags/ folder into a DagBag, with a throwaway AIRFLOW_HOME and staging folder."""
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
-    monkeypatch.setenv("ROLLUP_STAGING_DIR", str(tmp_path / "staging"))
-    for name in WINDOW_ENV:
-        monkeypatch.delenv(name, raising=False)
-
-    def run(**env):
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        handlers, level = logging.root.handlers[:], logging.root.level
-        from airflow.models import DagBag
-
-        logging.root.handlers[:], logging.root.level = handlers, level
-        return DagBag(dag_folder=str(REPO / "dags"))
-
-    return run
 
 
 @pytest.fixture
@@ -316,35 +292,11 @@ def test_retention_deletes_the_expired_hours(dag, s3, monkeypatch):
 # The calls to the warehouse
 
 
-class FakeResponse:
-    def __init__(self, body: dict, status_code: int = 200):
-        self.body, self.status_code, self.text = body, status_code, str(body)
-
-    def json(self) -> dict:
-        return self.body
-
-
-@pytest.fixture
-def warehouse_posts(monkeypatch):
-    import requests
-
-    posts, answers = [], []
-
-    def post(url, json, headers, timeout):
-        posts.append({"url": url, "json": json, "headers": headers})
-        return answers.pop(0)
-
-    monkeypatch.setattr(requests, "post", post)
-    monkeypatch.setenv("WAREHOUSE_URL", "http://warehouse.test")
-    monkeypatch.setenv("WAREHOUSE_ADMIN_TOKEN", "tok")
-    return posts, answers
-
-
 REPORT = {"hour_at": "2026-01-01T10:00:00", "status": "repaired", "detail": {"message": "2 of 9 cells differed"}}
 
 
-def test_compare_and_repair_sends_the_output_and_the_recompute_summary_then_removes_the_output(dag, warehouse_posts):
-    posts, answers = warehouse_posts
+def test_compare_and_repair_sends_the_output_and_the_recompute_summary_then_removes_the_output(dag, warehouse):
+    posts, answers = warehouse
     answers.append(FakeResponse(REPORT))
     window = plan_hour(dag, conf={"hour": "2026-01-01T10:00Z", "drift_threshold": 0.25})
     output = Path(window["output"])
@@ -353,6 +305,7 @@ def test_compare_and_repair_sends_the_output_and_the_recompute_summary_then_remo
 
     assert dag.get_task("compare_and_repair").python_callable(window) == REPORT
     assert posts == [{
+        "method": "POST",
         "url": "http://warehouse.test/internal/reconciliations/clicks-hour",
         "json": {"hour": "2026-01-01T10:00:00+00:00", "output": str(output), "drift_threshold": 0.25,
                  "context": {"late_clicks": 4}},
@@ -371,8 +324,8 @@ def test_check_drift_fails_the_run_when_the_report_says_failed(dag):
     assert dag.get_task("check_drift").python_callable(REPORT) is None
 
 
-def test_a_failed_task_is_recorded_with_the_jobs_own_message(dag, warehouse_posts):
-    posts, answers = warehouse_posts
+def test_a_failed_task_is_recorded_with_the_jobs_own_message(dag, warehouse):
+    posts, answers = warehouse
     answers.append(FakeResponse({"status": "failed"}))
     window = plan_hour(dag, conf={})
     Path(window["output"]).mkdir(parents=True)
