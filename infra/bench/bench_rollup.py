@@ -20,12 +20,15 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_KEYSPACE = "clickagg_bench"
+POLL_S = 2
 
 
 def machine() -> dict:
@@ -56,7 +59,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def generate_clicks(spark, clicks: int, ads: int, start: datetime, minutes: int, shards: int):
-    """Raw clicks over ``minutes`` from ``start``: Zipf(1.1) over ``ads``, 3% repeats, 2% bots."""
+    """Raw clicks over ``minutes`` from ``start``: Zipf(1.1) over ``ads``, 3% repeats, 2% bots.
+
+    Most clicks come seconds after their impression was shown; a tail comes much later. 80% of the
+    impressions were issued 1 to 30 s before their click and 20% 30 s to 30 min before, so about a
+    fifth of a window's impressions predate it and cost the job a lookup in clicks_by_impression.
+    """
     from pyspark.sql import functions as F
 
     span = minutes * 60 * 1000
@@ -67,8 +75,11 @@ def generate_clicks(spark, clicks: int, ads: int, start: datetime, minutes: int,
         spark.range(clicks, numPartitions=8)
         .withColumn("u", F.rand(11))
         .withColumn("ad_rank", F.least(rank, F.lit(ads)).cast("long"))
-        .withColumn("clicked_at", (F.lit(int(start.timestamp() * 1000)) + (F.rand(13) * span).cast("long")))
-        .withColumn("clicked_at", F.timestamp_millis("clicked_at"))
+        .withColumn("clicked_ms", (F.lit(int(start.timestamp() * 1000)) + (F.rand(13) * span).cast("long")))
+        .withColumn("age_ms", F.when(F.rand(17) < 0.8, 1_000 + F.rand(19) * 29_000)
+                    .otherwise(30_000 + F.rand(19) * 1_770_000).cast("long"))
+        .withColumn("clicked_at", F.timestamp_millis("clicked_ms"))
+        .withColumn("issued_at", F.timestamp_millis(F.col("clicked_ms") - F.col("age_ms")))
         .withColumn("impression_id", F.substring(F.sha2(F.concat(F.lit("imp"), F.col("id").cast("string")), 256), 1, 32))
     )
     # A repeat reuses the impression of the click before it, one second later.
@@ -81,20 +92,22 @@ def generate_clicks(spark, clicks: int, ads: int, start: datetime, minutes: int,
         .withColumn("minute", F.date_trunc("minute", "clicked_at"))
         .withColumn("shard", (F.conv(F.substring("impression_id", 1, 8), 16, 10).cast("long") % shards).cast("short"))
         .withColumn("click_id", F.substring(F.sha2(F.concat(F.lit("clk"), F.col("id").cast("string")), 256), 1, 32))
-        .withColumn("issued_at", F.col("clicked_at") - F.expr("INTERVAL 30 SECONDS"))
         .withColumn("stored_at", F.col("clicked_at"))
         .withColumn("user_id", F.concat(F.lit("user-"), (F.col("id") % (clicks // 3 + 1)).cast("string")))
         .withColumn("fingerprint", F.substring(F.sha2(F.col("user_id"), 256), 1, 32))
         .withColumn("referrer", F.lit(None).cast("string"))
         .withColumn("status", F.when(repeat, "duplicate").when(bot, "invalid").otherwise("valid"))
         .withColumn("reason", F.when(bot, "bot_user_agent"))
-        .drop("id", "u", "ad_rank")
+        .drop("id", "u", "ad_rank", "clicked_ms", "age_ms")
     )
 
 
 def batch(args) -> dict:
     sys.path.insert(0, str(REPO))
+    from pyspark.sql import functions as F
+
     from click_api.storage import connect, migrate
+    from spark_jobs.fct_clicks_minute import CLOCK_SKEW
     from spark_jobs.session import build_session
     from warehouse import connect as warehouse_connect
     from warehouse import loads, schema
@@ -113,15 +126,23 @@ def batch(args) -> dict:
     spark = build_session("bench-rollup-generate", os.environ, os.environ.get("SPARK_MASTER", "local[2]"))
     t0 = time.monotonic()
     clicks = generate_clicks(spark, args.clicks, args.ads, start, args.minutes, args.shards).cache()
-    writer = {"keyspace": BENCH_KEYSPACE, "spark.cassandra.output.concurrent.writes": "64",
+    # Batches grouped by partition (the connector's default) of up to 4 KiB, under Cassandra's 5 KiB
+    # warning: a raw_clicks partition (minute, shard) then takes about 16 rows per mutation.
+    writer = {"keyspace": BENCH_KEYSPACE, "spark.cassandra.output.concurrent.writes": "32",
+              "spark.cassandra.output.batch.size.bytes": "4096",
               "spark.cassandra.output.consistency.level": "ONE"}
     clicks.write.format("org.apache.spark.sql.cassandra").options(table="raw_clicks", **writer).mode("append").save()
-    clicks.select("impression_id", "clicked_at", "click_id", "status").write.format(
+    # clicks_by_impression gets the rows the job can look up: those of impressions issued before
+    # the window less the job's clock skew (spark_jobs/fct_clicks_minute.py); the job never reads others.
+    looked_up = clicks.where(F.col("issued_at") < F.lit(start - CLOCK_SKEW)).select("impression_id").distinct()
+    clicks.join(looked_up, "impression_id").select("impression_id", "clicked_at", "click_id", "status").write.format(
         "org.apache.spark.sql.cassandra").options(table="clicks_by_impression", **writer).mode("append").save()
+    lookups = looked_up.count()
     expected_billable = clicks.where("status in ('valid', 'duplicate')").select("impression_id").distinct().count()
     generate_s = time.monotonic() - t0
     spark.stop()
-    print(f"  written in {generate_s:.1f}s; {expected_billable:,} impressions should be billed", flush=True)
+    print(f"  written in {generate_s:.1f}s; {expected_billable:,} impressions should be billed; "
+          f"{lookups:,} predate the window", flush=True)
 
     output = REPO / ".local" / "bench" / "rollup-output"
     jars = ",".join(str(p) for p in sorted(Path(os.environ["CLICKAGG_SPARK_JARS"]).glob("*.jar")))
@@ -150,7 +171,7 @@ def batch(args) -> dict:
         "raw_clicks": args.clicks, "ads": args.ads, "window_minutes": args.minutes, "shards": args.shards,
         "generate_and_write_s": round(generate_s, 1), "spark_job_s": round(job_s, 1), "load_s": round(load_s, 2),
         "end_to_end_s": round(job_s + load_s, 1), "rows_per_s": round(args.clicks / (job_s + load_s)),
-        "minute_rows": result.rows_inserted, "billable_clicks": billed, "expected_billable": expected_billable,
+        "impressions_looked_up": lookups, "minute_rows": result.rows_inserted, "billable_clicks": billed, "expected_billable": expected_billable,
         "target_end_to_end_s": 60,
     }
     if billed != expected_billable:
@@ -183,7 +204,34 @@ def freshness(args) -> dict:
     sent: list[tuple[str, datetime, float]] = []  # (ad, minute, send time)
     http = requests.Session()
     base = f"http://127.0.0.1:{os.environ['CLICK_API_PORT']}/click"
-    deadline = time.time() + args.seconds
+    began = time.time()
+    # The warehouse is polled all along, from another thread: a cell's billable count is noted each
+    # time it changes, and a minute is visible from the first poll that shows all of its clicks.
+    observed: dict[tuple[str, datetime], list[tuple[float, int]]] = defaultdict(list)
+    stop = threading.Event()
+    url = f"{os.environ['WAREHOUSE_URL']}/sql"
+    query = "SELECT ad_id, minute_at, billable_clicks FROM fct_clicks_minute WHERE ad_id LIKE ? AND minute_at >= ?"
+    first_minute = datetime.fromtimestamp(began, tz=timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:  # a new connection each poll: a kept-alive one can race the server's keep-alive timeout
+                rows = requests.post(url, json={"sql": query, "params": [f"fresh-{run_tag}-%", first_minute.isoformat()]},
+                                     timeout=30).json()["rows"]
+            except requests.RequestException as error:
+                print(f"  poll failed ({error}); polling again", flush=True)
+                stop.wait(POLL_S)
+                continue
+            now = time.time()
+            for ad_id, minute_at, billable in rows:
+                seen = observed[(ad_id, datetime.fromisoformat(minute_at))]
+                if not seen or seen[-1][1] != billable:
+                    seen.append((now, billable))
+            stop.wait(POLL_S)
+
+    poller = threading.Thread(target=poll, name="warehouse-poller", daemon=True)
+    poller.start()
+    deadline = began + args.seconds
     print(f"sending {args.rate} clicks/s for {args.seconds}s while the scheduler runs the minute DAG ...", flush=True)
     n = 0
     while time.time() < deadline:
@@ -200,34 +248,32 @@ def freshness(args) -> dict:
         moment = datetime.fromtimestamp(now, tz=timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
         sent.append((ad.ad_id, moment, now))
         n += 1
-        time.sleep(max(0.0, n / args.rate - (time.time() - (deadline - args.seconds))))
+        time.sleep(max(0.0, n / args.rate - (time.time() - began)))
 
-    expected: dict[tuple[str, datetime], int] = {}
-    for ad_id, minute, _ in sent:
-        expected[(ad_id, minute)] = expected.get((ad_id, minute), 0) + 1
-    visible_at: dict[tuple[str, datetime], float] = {}
-    url = f"{os.environ['WAREHOUSE_URL']}/sql"
-    query = ("SELECT ad_id, minute_at, billable_clicks FROM fct_clicks_minute WHERE ad_id LIKE ? "
-             "AND minute_at >= ?")
-    first_minute = min(m for _, m, _ in sent)
+    expected = Counter((ad_id, minute) for ad_id, minute, _ in sent)
+
+    def visible_at() -> dict[tuple[str, datetime], float]:
+        found = {}
+        for key, count in expected.items():
+            complete = [at for at, billable in list(observed.get(key, ())) if billable >= count]
+            if complete:
+                found[key] = complete[0]
+        return found
+
     print("waiting until every minute is visible in the warehouse ...", flush=True)
     give_up = time.time() + 600
-    while len(visible_at) < len(expected) and time.time() < give_up:
-        rows = requests.post(url, json={"sql": query, "params": [f"fresh-{run_tag}-%", first_minute.isoformat()]},
-                             timeout=30).json()["rows"]
-        now = time.time()
-        for ad_id, minute_at, billable in rows:
-            key = (ad_id, datetime.fromisoformat(minute_at))
-            if key in expected and billable >= expected[key] and key not in visible_at:
-                visible_at[key] = now
-        time.sleep(2)
+    while len(visible_at()) < len(expected) and time.time() < give_up:
+        time.sleep(POLL_S)
+    stop.set()
+    poller.join()
     airflow.set_paused("rollup_clicks_minute", True)
-    if len(visible_at) < len(expected):
-        raise SystemExit(f"{len(expected) - len(visible_at)} (ad, minute) cells never became complete")
-    delays = [visible_at[(ad_id, minute)] - at for ad_id, minute, at in sent]
+    visible = visible_at()
+    if len(visible) < len(expected):
+        raise SystemExit(f"{len(expected) - len(visible)} (ad, minute) cells never became complete")
+    delays = [visible[(ad_id, minute)] - at for ad_id, minute, at in sent]
     return {"clicks": len(sent), "rate_per_s": args.rate, "seconds": args.seconds,
             "delay_p50_s": round(statistics.median(delays), 1), "delay_p99_s": round(percentile(delays, 99), 1),
-            "delay_max_s": round(max(delays), 1), "poll_interval_s": 2, "schedule": "every minute",
+            "delay_max_s": round(max(delays), 1), "poll_interval_s": POLL_S, "schedule": "every minute",
             "lateness_s": int(os.environ.get("ROLLUP_LATENESS_S", "20")), "target_p99_s": 180}
 
 
