@@ -11,7 +11,7 @@ from importlib import resources
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
-from cassandra.query import BatchStatement, BatchType
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
 from click_api.ads import AD_STATUS_ACTIVE
 from click_api.events import DUPLICATE, VALID, Click
@@ -86,6 +86,12 @@ def migrate(session: Session, keyspace: str, replication: str = DEFAULT_REPLICAT
     return applied
 
 
+def _unset_if_none(value):
+    """Leave a missing optional value unwritten: a bound None would write a tombstone cell, and most
+    clicks lack a referrer or a reason, so every range read of raw_clicks would step over them."""
+    return UNSET_VALUE if value is None else value
+
+
 class CassandraStore:
     """Reads ads and writes raw clicks; every write is keyed so that a retry overwrites."""
 
@@ -142,8 +148,9 @@ class CassandraStore:
             self._insert_click,
             (
                 click.minute, click.shard(self.shards), click.impression_id, click.click_id, click.ad_id,
-                click.advertiser_id, click.clicked_at, click.issued_at, stored_at, click.user_id,
-                click.fingerprint, click.referrer, click.status, click.reason, self.raw_click_ttl,
+                click.advertiser_id, click.clicked_at, click.issued_at, stored_at, _unset_if_none(click.user_id),
+                click.fingerprint, _unset_if_none(click.referrer), click.status, _unset_if_none(click.reason),
+                self.raw_click_ttl,
             ),
         )
         batch.add(

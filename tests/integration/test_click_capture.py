@@ -30,6 +30,22 @@ def test_valid_click_is_stored_once_and_redirected(http, ad, click_link, cassand
     ]
 
 
+def test_a_click_without_referrer_user_or_reason_writes_no_tombstones(http, ad, click_link, cassandra, cfg):
+    url, impression_id = click_link(ad.ad_id)
+    assert http.get(url, allow_redirects=False).status_code == 302
+    [row] = stored_clicks(cassandra, cfg, impression_id)
+    assert (row.user_id, row.referrer, row.reason) == (None, None, None)
+
+    # Cassandra's own trace of a read of that row says how many tombstone cells it stepped over.
+    result = cassandra.execute(
+        f"SELECT * FROM {cfg['CASSANDRA_KEYSPACE']}.raw_clicks WHERE minute = %s AND shard = %s AND impression_id = %s",
+        (row.minute, row.shard, impression_id), trace=True,
+    )
+    events = [event.description for event in result.get_query_trace(max_wait_sec=10).events]
+    read = [e for e in events if "tombstone cells" in e]
+    assert read and all(e.endswith("and 0 tombstone cells") for e in read), read
+
+
 def test_repeat_click_is_redirected_and_stored_as_duplicate(http, ad, click_link, cassandra, cfg):
     url, impression_id = click_link(ad.ad_id)
 
