@@ -130,6 +130,8 @@ def batch(args) -> dict:
     # warning: a raw_clicks partition (minute, shard) then takes about 16 rows per mutation.
     writer = {"keyspace": BENCH_KEYSPACE, "spark.cassandra.output.concurrent.writes": "32",
               "spark.cassandra.output.batch.size.bytes": "4096",
+              # As the click service does (click_api/storage.py): an absent value is not written as a tombstone.
+              "spark.cassandra.output.ignoreNulls": "true",
               "spark.cassandra.output.consistency.level": "ONE"}
     clicks.write.format("org.apache.spark.sql.cassandra").options(table="raw_clicks", **writer).mode("append").save()
     # clicks_by_impression gets the rows the job can look up: those of impressions issued before

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from spark_jobs.fct_clicks_minute import (
+    CLICK_KINDS,
     MINUTE_COLUMNS,
     RAW_COLUMNS,
     USER_COLUMNS,
@@ -238,6 +239,14 @@ def test_minute_facts_count_each_label_and_reason_per_minute_and_ad(spark):
         (at(0), "ad-2", "adv-ad-2", 0, 1, 0, 0, 0, 0, 0, 0),
         (at(1), "ad-1", "adv-ad-1", 1, 1, 0, 0, 0, 0, 0, 1),
     ]
+
+
+@pytest.mark.spark
+def test_each_click_is_in_exactly_one_of_the_click_kinds(spark):
+    facts = transform_minute_facts(label(spark, FACT_CLICKS, earlier=FACT_EARLIER))
+
+    # The job reports its raw click count as this sum over its output.
+    assert sum(row[c] for row in facts.collect() for c in CLICK_KINDS) == len(FACT_CLICKS)
 
 
 @pytest.mark.spark
