@@ -123,7 +123,7 @@ def replace_interval(
     cur.execute("DELETE FROM stg_clicks_minute_users WHERE minute_at >= ? AND minute_at < ?", [start, end])
     users = cur.execute(
         "INSERT INTO stg_clicks_minute_users SELECT minute_at, ad_id, user_hash FROM read_parquet(?) "
-        "WHERE minute_at >= ? AND minute_at < ?",
+        "WHERE minute_at >= ? AND minute_at < ? ORDER BY ad_id, minute_at",
         [user_files, start, end],
     ).fetchone()[0]
     cur.execute(
