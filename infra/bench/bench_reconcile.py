@@ -104,7 +104,7 @@ def generate_clicks(spark, clicks: int, ads: int, hour: datetime, shards: int, p
 
 
 def generate(args) -> int:
-    """Truncate the bench keyspace and write the hour's clicks to both raw tables."""
+    """Truncate the bench keyspace and write the hour's clicks to raw_clicks."""
     from click_api.storage import connect, migrate
     from spark_jobs.session import build_session
 
@@ -122,13 +122,12 @@ def generate(args) -> int:
         clicks = generate_clicks(spark, args.clicks, args.ads, args.hour, args.shards, previous).cache()
         cassandra = "org.apache.spark.sql.cassandra"
         # Rows of one raw_clicks partition side by side, so the writer sends them as one unlogged
-        # batch per partition; clicks_by_impression has one row per partition: concurrency helps there.
+        # batch per partition. Absent values are left unwritten, as the click service does (a null
+        # would be a tombstone). Only raw_clicks: the dump reads nothing else.
         output = {"spark.cassandra.output.concurrent.writes": "128", "spark.cassandra.output.batch.size.rows": "64",
-                  "spark.cassandra.output.batch.grouping.key": "partition"}
+                  "spark.cassandra.output.batch.grouping.key": "partition", "spark.cassandra.output.ignoreNulls": "true"}
         (clicks.repartition(8, "minute", "shard").sortWithinPartitions("minute", "shard")
          .write.format(cassandra).options(keyspace=KEYSPACE, table="raw_clicks", **output).mode("append").save())
-        clicks.select("impression_id", "clicked_at", "click_id", "status").write.format(cassandra).options(
-            keyspace=KEYSPACE, table="clicks_by_impression", **output).mode("append").save()
         if args.earlier_clicks:
             write_earlier_dumps(spark, args)
     finally:
