@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from spark_jobs.session import parse_utc
 from warehouse import client as warehouse_client
 
 LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
@@ -17,9 +18,7 @@ def day_is_settled(complete_through: str | None, day_end: datetime) -> bool:
     """Whether the minute rollup is past the day's end by more than its lookback (no load rewrites it again)."""
     if not complete_through:
         return False
-    moment = datetime.fromisoformat(complete_through.replace("Z", "+00:00"))
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    return moment >= day_end + timedelta(seconds=LOOKBACK_S)
+    return parse_utc(complete_through) >= day_end + timedelta(seconds=LOOKBACK_S)
 
 
 @dag(

@@ -11,6 +11,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from spark_jobs.session import parse_utc, submit_options
 from warehouse import client as warehouse_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,6 @@ LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
 MARGIN_S = int(os.environ.get("RECONCILE_MARGIN_S", "120"))
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026-01-01T00:00:00+00:00"))
-JARS_DIR = Path(os.environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
 DEFAULT_DRIFT_THRESHOLD = "0.0001"
 HOUR = timedelta(hours=1)
 # Keep one hour of margin before Cassandra's TTL: an hour older than that may be partly expired,
@@ -29,12 +29,6 @@ TTL_MARGIN = timedelta(hours=1)
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_hour')['{}'] }}}}"
 DUMP = "{{{{ ti.xcom_pull(task_ids='plan_dump', key='dump')['{}'] }}}}"
 log = logging.getLogger(__name__)
-
-
-def _utc(text: str) -> datetime:
-    """Parse an ISO-8601 time; one without an offset is UTC (not the host's zone)."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def _flag(value) -> bool:
@@ -49,16 +43,16 @@ def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
 
     windows = Windows.from_env(environ)
     if conf.get("hour"):
-        start = _utc(conf["hour"])
+        start = parse_utc(conf["hour"])
     elif conf.get("start") or conf.get("end"):
         if not (conf.get("start") and conf.get("end")):
             raise ValueError('a manual run\'s conf needs "hour", or both "start" and "end" (ISO-8601, UTC)')
-        start = _utc(conf["start"])
-        if _utc(conf["end"]) - start != HOUR:
+        start = parse_utc(conf["start"])
+        if parse_utc(conf["end"]) - start != HOUR:
             raise ValueError(f"a reconciliation covers one hour, not [{conf['start']}, {conf['end']})")
     elif data_interval_start is not None:
         # Through the ISO text: Airflow passes a pendulum DateTime, whose arithmetic drops the zone.
-        start = _utc(data_interval_start.isoformat())
+        start = parse_utc(data_interval_start.isoformat())
     else:
         raise ValueError('a run without a data interval needs "hour" in its conf')
     if start != start.replace(minute=0, second=0, microsecond=0):
@@ -84,7 +78,7 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
     None when nothing is to be dumped, or the run's conf said not to dump."""
     if not window["dump"]:
         return None
-    hour = _utc(window["start"])
+    hour = parse_utc(window["start"])
     oldest_whole = now - timedelta(seconds=window["raw_click_ttl_s"]) + TTL_MARGIN
     wanted = [h for h in [*earlier, hour] if h not in dumped or h == hour]
     wanted = [h for h in wanted if h >= oldest_whole]
@@ -177,7 +171,7 @@ def reconcile_clicks_hourly():
         from spark_jobs import raw_dumps
 
         store = _store()
-        earlier = raw_dumps.horizon_hours(_utc(window["start"]), window["horizon_s"])
+        earlier = raw_dumps.horizon_hours(parse_utc(window["start"]), window["horizon_s"])
         dumped = {h for h in earlier if store.read_manifest(h) is not None}
         hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc))
         if hours is None:
@@ -188,15 +182,7 @@ def reconcile_clicks_hourly():
         log.info("dumping [%s, %s)", hours["start"], hours["end"])
         return "dump_raw_clicks"
 
-    jars = ",".join(str(p) for p in sorted(JARS_DIR.glob("*.jar"))) or None
-    spark = {
-        "jars": jars,
-        "driver_memory": os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
-        "conf": {"spark.sql.shuffle.partitions": os.environ.get("SPARK_SHUFFLE_PARTITIONS", "4")},
-        "env_vars": {"PYTHONPATH": str(REPO)},
-        "conn_id": "spark_default",
-        **failure,
-    }
+    spark = {**submit_options(os.environ), **failure}
     dump = SparkSubmitOperator(
         task_id="dump_raw_clicks",
         application=str(REPO / "spark_jobs" / "dump_raw_clicks.py"),
@@ -214,7 +200,7 @@ def reconcile_clicks_hourly():
         from spark_jobs import raw_dumps
 
         store = _store()
-        hour = _utc(window["start"])
+        hour = parse_utc(window["start"])
         rows = {}
         try:
             for h in [*raw_dumps.horizon_hours(hour, window["horizon_s"]), hour]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from spark_jobs.session import parse_utc, submit_options
 from warehouse import client as warehouse_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,15 +18,8 @@ LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
 LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
-JARS_DIR = Path(os.environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_window')['{}'] }}}}"
-
-
-def _utc(text: str) -> datetime:
-    """Parse an ISO-8601 time; one without an offset is UTC (not the host's zone)."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime, lookback: bool = True) -> dict:
@@ -35,7 +29,7 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
     if conf.get("start") or conf.get("end"):
         if not (conf.get("start") and conf.get("end")):
             raise ValueError('a manual run\'s conf needs both "start" and "end" (ISO-8601, UTC)')
-        start, end = _utc(conf["start"]), _utc(conf["end"])
+        start, end = parse_utc(conf["start"]), parse_utc(conf["end"])
     else:
         start = data_interval_start - timedelta(seconds=LOOKBACK_S if lookback else 0)
         end = data_interval_end
@@ -86,12 +80,8 @@ def rollup_clicks_minute():
         task_id="spark_rollup",
         application=str(REPO / "spark_jobs" / "fct_clicks_minute.py"),
         application_args=["--start", PLAN.format("start"), "--end", PLAN.format("end"), "--output", PLAN.format("output")],
-        jars=",".join(str(p) for p in sorted(JARS_DIR.glob("*.jar"))) or None,
-        driver_memory=os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
-        conf={"spark.sql.shuffle.partitions": os.environ.get("SPARK_SHUFFLE_PARTITIONS", "4")},
-        env_vars={"PYTHONPATH": str(REPO)},
         name="fct_clicks_minute",
-        conn_id="spark_default",
+        **submit_options(os.environ),
     )
 
     @task

@@ -7,6 +7,9 @@ import glob
 import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_utc(text: str) -> datetime:
@@ -22,6 +25,18 @@ def window_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--start", required=True, type=parse_utc, help="interval start (inclusive), ISO-8601 UTC")
     parser.add_argument("--end", required=True, type=parse_utc, help="interval end (exclusive), ISO-8601 UTC")
     return parser
+
+
+def submit_options(environ: Mapping[str, str]) -> dict:
+    """The SparkSubmitOperator arguments every DAG's Spark task shares (see the README's table)."""
+    jars_dir = Path(environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
+    return {
+        "jars": ",".join(str(p) for p in sorted(jars_dir.glob("*.jar"))) or None,
+        "driver_memory": environ.get("SPARK_DRIVER_MEMORY", "2g"),
+        "conf": {"spark.sql.shuffle.partitions": environ.get("SPARK_SHUFFLE_PARTITIONS", "4")},
+        "env_vars": {"PYTHONPATH": str(REPO)},
+        "conn_id": "spark_default",
+    }
 
 
 def build_session(app_name: str, environ: Mapping[str, str], master: str | None = None):
