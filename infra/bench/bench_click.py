@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import runpy
 import signal
 import socket
@@ -29,9 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from click_api import config, loadgen
+from infra.bench.machine import CLK_TCK, machine_busy_seconds, machine_info, services_status
 
 REPO = Path(__file__).resolve().parents[2]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHARED_CORES_NOTE = (
     "The load generator, the server, Cassandra and Redis share the same cores: the client's CPU "
     "(column 'loadgen') is taken from the server, so these are lower bounds of what the server "
@@ -45,34 +44,6 @@ TARGETS = {
 
 
 # ---------------------------------------------------------------- machine and processes
-
-
-def machine_info() -> dict:
-    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")]
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": models[0] if models else platform.processor(),
-        "memory_total_gib": round(int(meminfo["MemTotal"].split()[0]) / 2**20, 1),
-        "memory_available_gib": round(int(meminfo["MemAvailable"].split()[0]) / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-    }
-
-
-def services_status() -> dict[str, str]:
-    """Each project service's state, as `make status` shows it."""
-    out = subprocess.run([str(REPO / "infra" / "services.sh"), "status"], capture_output=True, text=True,
-                         timeout=60).stdout
-    states = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            states[parts[0]] = parts[1]
-    return states
 
 
 def pid_from_file(name: str) -> int | None:
@@ -112,13 +83,6 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds spent by everything on the machine (all cores), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 class CpuMeter:

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -40,10 +39,10 @@ from pathlib import Path
 
 import requests
 
+from infra.bench.machine import CLK_TCK, machine_busy_seconds, machine_info
 from warehouse import connect, schema
 
 REPO = Path(__file__).resolve().parents[2]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FIRST_DAY = datetime(2026, 1, 1)  # the first day of minute data is FIRST_DAY; day rows start EXTRA_DAYS earlier
 BENCH_ADVERTISER = "adv-bench"
 TARGETS_MS = {"ad_minute_30d_hot": 50.0, "advertiser_day_90d": 300.0}
@@ -51,21 +50,6 @@ LOAD_WINDOW = timedelta(minutes=11)  # one scheduled run: its minute plus the 10
 
 
 # ---------------------------------------------------------------- the machine
-
-
-def machine_info() -> dict:
-    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")]
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": models[0] if models else platform.processor(),
-        "memory_total_gib": round(int(meminfo["MemTotal"].split()[0]) / 2**20, 1),
-        "memory_available_gib": round(int(meminfo["MemAvailable"].split()[0]) / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-    }
 
 
 def services_running() -> dict:
@@ -80,13 +64,6 @@ def services_running() -> dict:
             ours[pidfile.stem] = "stopped"
     top = subprocess.run(["ps", "-eo", "pcpu,rss,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
     return {"project_services": ours, "top_processes_by_cpu": top.splitlines()[1:9]}
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds spent by everything on the machine (all cores), from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def cpu_seconds(pid: int) -> float:

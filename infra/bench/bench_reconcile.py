@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -34,24 +33,14 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from infra.bench.machine import machine_info, services_status
+
 REPO = Path(__file__).resolve().parents[2]
 KEYSPACE = "clickagg_bench_reconcile"
 ROOT = "bench/raw_clicks"
 PEAK_CLICKS = 36_000_000
 TARGET_S = 300
 HOUR = timedelta(hours=1)
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return {"nproc": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
-            "python": platform.python_version()}
-
-
-def services_running() -> list[str]:
-    out = subprocess.run([str(REPO / "infra" / "services.sh"), "status"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if " running " in line]
 
 
 def step(message: str) -> None:
@@ -328,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     path = REPO / "docs" / "benchmarks" / f"reconcile-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     command = "make bench-reconcile CLICKS=" + str(args.clicks)
-    body = {"benchmark": "reconcile", "at": stamp, "command": command, "argv": sys.argv[1:], "machine": machine(),
-            "services_running": services_running(), "figures": figures}
+    body = {"benchmark": "reconcile", "at": stamp, "command": command, "argv": sys.argv[1:], "machine": machine_info(),
+            "services_running": services_status(), "figures": figures}
     path.write_text(json.dumps(body, indent=2, default=str) + "\n")
     print(f"written to {path.relative_to(REPO)}")
     return 0

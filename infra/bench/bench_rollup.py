@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,29 +25,19 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from infra.bench.machine import machine_info, services_status
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH_KEYSPACE = "clickagg_bench"
 POLL_S = 2
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
-            "python": platform.python_version()}
-
-
-def services_running() -> list[str]:
-    out = subprocess.run([str(REPO / "infra" / "services.sh"), "status"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if " running " in line]
 
 
 def record(kind: str, command: str, figures: dict) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = REPO / "docs" / "benchmarks" / f"rollup-{kind}-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"benchmark": f"rollup-{kind}", "at": stamp, "command": command, "machine": machine(),
-            "services_running": services_running(), "figures": figures}
+    body = {"benchmark": f"rollup-{kind}", "at": stamp, "command": command, "machine": machine_info(),
+            "services_running": services_status(), "figures": figures}
     path.write_text(json.dumps(body, indent=2) + "\n")
     return path
 
