@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -21,7 +20,7 @@ COLUMNS = tuple(COLUMN_OF.values())
 
 
 def minute_of(seconds: float) -> datetime:
-    return datetime.fromtimestamp(math.floor(seconds / 60) * 60, tz=timezone.utc)
+    return datetime.fromtimestamp(loadgen.minute_start(seconds), tz=timezone.utc)
 
 
 def candidate_minutes(click: loadgen.SentClick) -> tuple[datetime, ...]:
