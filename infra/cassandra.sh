@@ -14,11 +14,8 @@ LOG="$LOG_DIR/cassandra.out"
 install() {
   if [[ -f "$LIB_DIR/cassandra-all-5.0.8.jar" ]]; then say "jars present in $LIB_DIR"; return; fi
   require_java17
-  command -v mvn >/dev/null || die "Maven is missing: apt-get install -y maven"
   say "resolving cassandra-all 5.0.8 and its runtime dependencies from Maven Central into $LIB_DIR"
-  mvn -q -B -Dstyle.color=never -f "$REPO_ROOT/infra/cassandra/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$LIB_DIR.tmp" ||
-    die "Maven could not fetch cassandra-all (is Maven Central reachable? see the output above)"
+  maven_copy_dependencies "$REPO_ROOT/infra/cassandra/pom.xml" "$LIB_DIR.tmp" cassandra-all
   mv "$LIB_DIR.tmp" "$LIB_DIR"
 }
 

@@ -93,3 +93,14 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null ||
     die "apt-get install $* failed (see the output above)"
 }
+
+# maven_copy_dependencies POM OUTPUT_DIR WHAT [extra mvn args...]: fetch a pom's runtime jars into
+# OUTPUT_DIR, Maven's own output going to $LOG_DIR/maven.log (it colours its output even when quiet).
+maven_copy_dependencies() {
+  local pom=$1 output=$2 what=$3
+  shift 3
+  command -v mvn >/dev/null || die "Maven is missing: apt-get install -y maven"
+  mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$output" "$@" >>"$LOG_DIR/maven.log" 2>&1 ||
+    die "Maven could not fetch $what (is Maven Central reachable? see $LOG_DIR/maven.log)"
+}

@@ -12,12 +12,10 @@ PROVIDED="scala-library,scala-reflect,slf4j-api,commons-lang3,metrics-core,paran
 install() {
   if [[ -f "$CLICKAGG_SPARK_JARS/spark-cassandra-connector_2.12-3.5.1.jar" ]]; then say "jars present in $CLICKAGG_SPARK_JARS"; return; fi
   require_java17
-  command -v mvn >/dev/null || die "Maven is missing: apt-get install -y maven"
   say "fetching spark-cassandra-connector 3.5.1, hadoop-aws 3.3.4 and aws-java-sdk-bundle from Maven Central (about 300 MB)"
   rm -rf "$CLICKAGG_SPARK_JARS.tmp"
-  mvn -q -B -Dstyle.color=never -f "$REPO_ROOT/infra/spark/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
-      -DexcludeArtifactIds="$PROVIDED" -DoutputDirectory="$CLICKAGG_SPARK_JARS.tmp" ||
-    die "Maven could not fetch the Spark jars (is Maven Central reachable? see the output above)"
+  maven_copy_dependencies "$REPO_ROOT/infra/spark/pom.xml" "$CLICKAGG_SPARK_JARS.tmp" "the Spark jars" \
+    -DexcludeArtifactIds="$PROVIDED"
   mkdir -p "$(dirname "$CLICKAGG_SPARK_JARS")"
   mv "$CLICKAGG_SPARK_JARS.tmp" "$CLICKAGG_SPARK_JARS"
 }
