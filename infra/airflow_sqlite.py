@@ -9,5 +9,7 @@ answers 500 "Database error" to a trigger. infra/airflow.sh points Airflow's
 
 BUSY_TIMEOUT_SECONDS = 60
 
+# Two dicts, not one: Airflow adds its own keys to the synchronous engine's arguments in place.
 SYNC = {"timeout": BUSY_TIMEOUT_SECONDS}
-ASYNC = {"timeout": BUSY_TIMEOUT_SECONDS}
+A# Two dicts, not one: Airflow adds its own keys to the synchronous engine's arguments in place.
+SYNC = {"timeout": BUSY_TIMEOUT_SECONDS}
