@@ -11,5 +11,4 @@ BUSY_TIMEOUT_SECONDS = 60
 
 # Two dicts, not one: Airflow adds its own keys to the synchronous engine's arguments in place.
 SYNC = {"timeout": BUSY_TIMEOUT_SECONDS}
-A# Two dicts, not one: Airflow adds its own keys to the synchronous engine's arguments in place.
-SYNC = {"timeout": BUSY_TIMEOUT_SECONDS}
+ASYNC = {"timeout": BUSY_TIMEOUT_SECONDS}
