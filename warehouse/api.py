@@ -504,16 +504,16 @@ def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_day:
 
 
 class ChunkCache:
-    """Rendered rows of closed UTC days, for direct plans: a closed day is read and formatted once.
+    """Rendered rows (UTF-8) of closed UTC days, for direct plans: a closed day is read and formatted once.
 
     An entry is valid for its day's load version: every write to the fact tables (a load, a
-    reconciliation's repair) goes through loads.replace_interval, which records its interval in
-    meta_loads, so a new load over the day changes the version and the entry is recomputed.
+    reconciliation's repair) goes through loads.replace_interval, which counts itself in
+    meta_load_days, so a new load over the day changes the version and the entry is recomputed.
     Compaction moves rows without changing them, and leaves the entries valid.
     """
 
-    def __init__(self, max_chars: int):
-        self.max_chars, self.chars, self.lock = max_chars, 0, threading.Lock()
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size, self.lock = max_bytes, 0, threading.Lock()
         self.entries: collections.OrderedDict = collections.OrderedDict()
 
     def get(self, key: tuple, version: tuple):
@@ -524,18 +524,18 @@ class ChunkCache:
             self.entries.move_to_end(key)
             return entry[1], entry[2]
 
-    def put(self, key: tuple, version: tuple, count: int, text: str) -> None:
-        if len(text) > self.max_chars // 4 or not self.max_chars:
+    def put(self, key: tuple, version: tuple, count: int, body: bytes) -> None:
+        if len(body) > self.max_bytes // 4 or not self.max_bytes:
             return
         with self.lock:
             old = self.entries.pop(key, None)
             if old is not None:
-                self.chars -= len(old[2])
-            self.entries[key] = (version, count, text)
-            self.chars += len(text)
-            while self.chars > self.max_chars:
+                self.size -= len(old[2])
+            self.entries[key] = (version, count, body)
+            self.size += len(body)
+            while self.size > self.max_bytes:
                 _, (_, _, dropped) = self.entries.popitem(last=False)
-                self.chars -= len(dropped)
+                self.size -= len(dropped)
 
 
 def _chunk_cache() -> ChunkCache:
@@ -543,13 +543,8 @@ def _chunk_cache() -> ChunkCache:
         "api_chunk_cache", ChunkCache(int(current_app.config.get("API_CHUNK_CACHE_MB", CHUNK_CACHE_MB) * 2**20)))
 
 
-# day -> (loads, xor of their ids' hashes): what has been written over each UTC day of [?, ?).
-_LOAD_VERSIONS = (
-    "SELECT list((day, n, x)) FROM (SELECT day, count(*) AS n, bit_xor(hash(load_id)) AS x FROM ("
-    "SELECT load_id, unnest(generate_series(date_trunc('day', interval_start_at), "
-    "interval_end_at - INTERVAL 1 MICROSECOND, INTERVAL 1 DAY)) AS day "
-    "FROM meta_loads WHERE interval_end_at > ? AND interval_start_at < ?) WHERE day >= ? AND day < ? GROUP BY day)"
-)
+# day -> (loads, the latest load's id): the version of what has been written over each UTC day of [?, ?).
+_LOAD_VERSIONS = "SELECT list((day_at, loads, last_load_id)) FROM meta_load_days WHERE day_at >= ? AND day_at < ?"
 
 
 def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
@@ -558,8 +553,8 @@ def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
 
 
 def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, scope: Scope,
-                watermark: datetime | None, versions: dict) -> tuple[int, list[str]]:
-    """(rows, texts) of a direct plan: closed whole UTC days from the chunk cache, the rest from the warehouse."""
+                watermark: datetime | None, versions: dict) -> tuple[int, list[bytes]]:
+    """(rows, bodies) of a direct plan: closed whole UTC days from the chunk cache, the rest from the warehouse."""
     first, last = whole_days(query.start, query.end)
     closed = [first + n * DAY for n in range(max(0, (last - first) // DAY))
               if watermark is not None and first + (n + 1) * DAY <= watermark]
@@ -583,14 +578,14 @@ def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, sc
     if ranges:
         inner, _ = series_sql(query, the_plan, scope, None, [tuple(r) for r in ranges])
         sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, per_day=True)
-        fresh = {day: (count, text) for day, count, text in cur.execute(sql.text(), sql.params).fetchall()}
+        fresh = {day: (count, text.encode()) for day, count, text in cur.execute(sql.text(), sql.params).fetchall()}
         for day in closed:
             if day not in chunks:
-                chunks[day] = fresh.pop(day, (0, ""))
+                chunks[day] = fresh.pop(day, (0, b""))
                 cache.put((*key, day), versions.get(day, (0, 0)), *chunks[day])
         chunks.update(fresh)
     ordered = [chunks[day] for day in sorted(chunks)]
-    return sum(c for c, _ in ordered), [text for c, text in ordered if c]
+    return sum(c for c, _ in ordered), [body for c, body in ordered if c]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -607,13 +602,13 @@ def context(cur: duckdb.DuckDBPyConnection, query: Query, scope: Scope, with_ver
         "(SELECT count(*) FROM meta_reconciliations WHERE hour_at >= ? AND hour_at < ? AND status IN (?, ?)), "
         f"({_LOAD_VERSIONS})",
         [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES,
-         first_day, last_day, first_day, last_day],
+         first_day, last_day],
     ).fetchone()
     hours = (last_hour - first_hour) // HOUR
     return {
         "owner": owner,
         "watermark": watermark,
-        "versions": {day: (n, x) for day, n, x in (versions or [])},
+        "versions": {day: (n, last) for day, n, last in (versions or [])},
         "completeness": {
             "complete_through": watermark.isoformat() + "Z" if watermark else None,
             "range_complete": watermark is not None and query.end <= watermark,
@@ -808,7 +803,7 @@ def _series(scope: Scope, head: dict):
             return _error(404, f"no ad {scope.ad_id!r} for this API key")
         status = facts["completeness"]
         if the_plan.direct is not None:
-            count, texts = direct_body(cur, query, the_plan, scope, facts["watermark"], facts["versions"])
+            count, bodies = direct_body(cur, query, the_plan, scope, facts["watermark"], facts["versions"])
             exact_from = None
         else:
             needs_users = query.unique_users == "exact" and any(not b.is_one_stored_row() for b in the_plan.buckets)
@@ -816,7 +811,7 @@ def _series(scope: Scope, head: dict):
             inner, exact_from = series_sql(query, the_plan, scope, since)
             sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None)
             count, body = cur.execute(sql.text(), sql.params).fetchone()
-            texts = [body] if body else []
+            bodies = [body.encode()] if body else []
         cur.execute("COMMIT")
     finally:
         cur.close()
@@ -845,7 +840,7 @@ def _series(scope: Scope, head: dict):
         "row_count": count,
     }
     if query.as_csv:
-        text = ",".join(columns) + "\n" + "".join(t + "\n" for t in texts)
+        text = (",".join(columns) + "\n").encode() + b"".join(body + b"\n" for body in bodies)
         headers = {
             "X-Complete-Through": status["complete_through"] or "",
             "X-Range-Complete": str(status["range_complete"]).lower(),
@@ -855,7 +850,7 @@ def _series(scope: Scope, head: dict):
             "Vary": "Accept",
         }
         return Response(text, mimetype="text/csv", headers=headers)
-    text = json.dumps(meta)[:-1] + ', "rows": [' + ",".join(texts) + "]}"
+    text = json.dumps(meta)[:-1].encode() + b', "rows": [' + b",".join(bodies) + b"]}"
     return Response(text, mimetype="application/json", headers={"Vary": "Accept"})
 
 

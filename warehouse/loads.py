@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
-from warehouse.schema import COUNT_COLUMNS
+from warehouse.schema import COUNT_COLUMNS, LOAD_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,12 @@ def replace_interval(
     cur.execute(
         "INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, ?, ?, now()::TIMESTAMP)",
         [load_id, start, end, deleted, inserted],
+    )
+    cur.execute(
+        f"""INSERT INTO meta_load_days
+            SELECT unnest({LOAD_DAYS.format(start="?::TIMESTAMP", end="?::TIMESTAMP")}), 1, ?
+            ON CONFLICT (day_at) DO UPDATE SET loads = meta_load_days.loads + 1, last_load_id = excluded.last_load_id""",
+        [start, end, load_id],
     )
     cur.execute("DROP TABLE touched")
     return LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)

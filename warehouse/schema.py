@@ -32,6 +32,16 @@ CREATE TABLE {name} (
 )"""
 
 
+# The UTC days an interval [start, end) touches, as a DuckDB list expression over two timestamp expressions.
+LOAD_DAYS = "generate_series(date_trunc('day', {start}), {end} - INTERVAL 1 MICROSECOND, INTERVAL 1 DAY)"
+# Every day's version recomputed from the loads recorded in meta_loads.
+LOAD_DAYS_FROM_LOADS = f"""
+INSERT OR REPLACE INTO meta_load_days
+SELECT day_at, count(*), arg_max(load_id, loaded_at)
+FROM (SELECT load_id, loaded_at, unnest({LOAD_DAYS.format(start="interval_start_at", end="interval_end_at")}) AS day_at
+      FROM meta_loads)
+GROUP BY day_at"""
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
         1,
@@ -107,6 +117,21 @@ CREATE TABLE meta_reconciliations (
     detail VARCHAR,
     reconciled_at TIMESTAMP NOT NULL
 )""",
+        ],
+    ),
+    (
+        4,
+        "load_days",
+        [
+            # Per UTC day, how many loads wrote over it and the latest one: the day's version, read by the
+            # API's cache of closed days in a few rows however long meta_loads grows.
+            """
+CREATE TABLE meta_load_days (
+    day_at TIMESTAMP PRIMARY KEY,
+    loads BIGINT NOT NULL,
+    last_load_id VARCHAR NOT NULL
+)""",
+            LOAD_DAYS_FROM_LOADS,
         ],
     ),
 ]

@@ -589,13 +589,13 @@ def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
 
 
 def test_the_cache_keeps_within_its_size():
-    cache = api.ChunkCache(max_chars=100)
+    cache = api.ChunkCache(max_bytes=100)
 
     for n in range(10):
-        cache.put(("k", n), (1, 0), 1, "x" * 20)
+        cache.put(("k", n), (1, 0), 1, b"x" * 20)
 
-    assert cache.chars <= 100
-    assert cache.get(("k", 9), (1, 0)) == (1, "x" * 20)
+    assert cache.size <= 100
+    assert cache.get(("k", 9), (1, 0)) == (1, b"x" * 20)
     assert cache.get(("k", 0), (1, 0)) is None
     assert cache.get(("k", 9), (2, 0)) is None  # another version: a miss
 

@@ -318,7 +318,38 @@ def test_meta_loads_records_every_load(con, load):
     assert first.load_id != second.load_id
 
 
+def test_meta_load_days_versions_every_day_a_load_touches(con, load):
+    morning = load(at(0), at(5), [minute_row(at(1))])
+    midnight = datetime(2026, 1, 2)
+    across = load(midnight - timedelta(minutes=2), midnight + timedelta(minutes=3), [minute_row(midnight)])
+
+    assert rows(con, "SELECT day_at, loads, last_load_id FROM meta_load_days ORDER BY day_at") == [
+        (datetime(2026, 1, 1), 2, across.load_id),
+        (midnight, 1, across.load_id),
+    ]
+    assert morning.load_id != across.load_id
+
+
 # Migrations and time zones
+
+
+def test_load_days_migration_counts_the_loads_already_recorded(tmp_path, monkeypatch):
+    con = connect(str(tmp_path / "old.duckdb"))
+    monkeypatch.setattr(schema, "MIGRATIONS", [m for m in schema.MIGRATIONS if m[1] != "load_days"])
+    schema.migrate(con)
+    con.executemany("INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, 0, 0, ?)", [
+        ("a", datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 10, 5), datetime(2026, 1, 1, 10, 6)),
+        ("b", datetime(2026, 1, 1, 23, 58), datetime(2026, 1, 2, 0, 3), datetime(2026, 1, 2, 0, 4)),
+        ("c", datetime(2026, 1, 2, 0, 0), datetime(2026, 1, 2, 0, 5), datetime(2026, 1, 2, 0, 6)),
+    ])
+    monkeypatch.undo()
+
+    assert [version for version, name, _ in schema.MIGRATIONS if name == "load_days"] == schema.migrate(con)
+    assert rows(con, "SELECT day_at, loads, last_load_id FROM meta_load_days ORDER BY day_at") == [
+        (datetime(2026, 1, 1), 2, "b"),
+        (datetime(2026, 1, 2), 2, "c"),
+    ]
+    con.close()
 
 
 def test_migrate_is_idempotent(tmp_path):
