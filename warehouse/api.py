@@ -483,10 +483,11 @@ def series_sql(query: Query, the_plan: Plan, scope: Scope, users_since: datetime
     return sql, exact_from
 
 
-def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_day: bool = False) -> _Sql:
+def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_chunk: str | None = None) -> _Sql:
     """Wrap the rows' query so DuckDB writes the body (JSON arrays or CSV lines) with local-time labels,
-    ordered by bucket then ad: one row (count, text), or one per UTC day (day, count, text)."""
-    sql = _Sql().add("SELECT date_trunc('day', r.bucket_at) AS day, " if per_day else "SELECT ")
+    ordered by bucket then ad: one row (count, text), or one per UTC ``per_chunk`` ("hour" or "day"):
+    (chunk, count, text)."""
+    sql = _Sql().add(f"SELECT date_trunc('{per_chunk}', r.bucket_at) AS chunk, " if per_chunk else "SELECT ")
     sql.add("count(*), string_agg(")
     sql.add("concat_ws(',', " if query.as_csv else "json_array(")
     if per_ad:
@@ -500,15 +501,17 @@ def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_day:
     order = "r.bucket_at, r.ad_id" if per_ad else "r.bucket_at"
     sql.add(f", chr(10) ORDER BY {order}) FROM (" if query.as_csv else f"::VARCHAR, ',' ORDER BY {order}) FROM (")
     sql.add(inner.text(), *inner.params)
-    return sql.add(") r GROUP BY ALL" if per_day else ") r")
+    return sql.add(") r GROUP BY ALL" if per_chunk else ") r")
 
 
 class ChunkCache:
-    """Rendered rows (UTF-8) of closed UTC days, for direct plans: a closed day is read and formatted once.
+    """Rendered rows (UTF-8) of closed UTC hours (minute series) or days (hour and day series), for
+    direct plans: a closed chunk is read and formatted once.
 
-    An entry is valid for its day's load version: every write to the fact tables (a load, a
+    An entry is valid for its chunk's load version: every write to the fact tables (a load, a
     reconciliation's repair) goes through loads.replace_interval, which counts itself in
-    meta_load_days, so a new load over the day changes the version and the entry is recomputed.
+    meta_load_hours, so a new load over the chunk changes the version and the entry is recomputed.
+    A load rewrites its last minutes, so only the hour or two it touched are read again.
     Compaction moves rows without changing them, and leaves the entries valid.
     """
 
@@ -543,48 +546,62 @@ def _chunk_cache() -> ChunkCache:
         "api_chunk_cache", ChunkCache(int(current_app.config.get("API_CHUNK_CACHE_MB", CHUNK_CACHE_MB) * 2**20)))
 
 
-# day -> (loads, the latest load's id): the version of what has been written over each UTC day of [?, ?).
-_LOAD_VERSIONS = "SELECT list((day_at, loads, last_load_id)) FROM meta_load_days WHERE day_at >= ? AND day_at < ?"
+# chunk -> (loads, a hash of the latest loads' ids): the version of what has been written over each UTC
+# hour or day of [?, ?). Any load over a chunk adds to its count of loads.
+_LOAD_VERSIONS = (
+    "SELECT list((chunk, n, x)) FROM (SELECT date_trunc('{unit}', hour_at) AS chunk, sum(loads)::BIGINT AS n, "
+    "bit_xor(hash(last_load_id)) AS x FROM meta_load_hours WHERE hour_at >= ? AND hour_at < ? GROUP BY chunk)"
+)
+CHUNK_UNITS = {"hour": HOUR, "day": DAY}
 
 
-def whole_days(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """[first, last): the whole UTC days inside [start, end) (empty when first >= last)."""
-    return _floor(start + DAY - MINUTE, DAY), _floor(end, DAY)
+def chunk_unit(the_plan: Plan) -> str | None:
+    """The UTC unit the cache keeps a direct plan's rows by: hours for minute series, else days."""
+    if the_plan.direct is None:
+        return None
+    return "hour" if the_plan.direct == "minute" else "day"
+
+
+def whole_units(start: datetime, end: datetime, unit: timedelta) -> tuple[datetime, datetime]:
+    """[first, last): the whole UTC hours or days inside [start, end) (empty when first >= last)."""
+    return _floor(start + unit - MINUTE, unit), _floor(end, unit)
 
 
 def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, scope: Scope,
                 watermark: datetime | None, versions: dict) -> tuple[int, list[bytes]]:
-    """(rows, bodies) of a direct plan: closed whole UTC days from the chunk cache, the rest from the warehouse."""
-    first, last = whole_days(query.start, query.end)
-    closed = [first + n * DAY for n in range(max(0, (last - first) // DAY))
-              if watermark is not None and first + (n + 1) * DAY <= watermark]
+    """(rows, bodies) of a direct plan: closed whole UTC chunks from the chunk cache, the rest from the warehouse."""
+    name = chunk_unit(the_plan)
+    unit = CHUNK_UNITS[name]
+    first, last = whole_units(query.start, query.end, unit)
+    closed = [first + n * unit for n in range(max(0, (last - first) // unit))
+              if watermark is not None and first + (n + 1) * unit <= watermark]
     cache = _chunk_cache()
     key = (the_plan.direct, scope.advertiser_id, scope.ad_id, query.tz_name, query.as_csv)
     chunks = {}
-    for day in closed:
-        hit = cache.get((*key, day), versions.get(day, (0, 0)))
+    for chunk in closed:
+        hit = cache.get((*key, chunk), versions.get(chunk, (0, 0)))
         if hit is not None:
-            chunks[day] = hit
+            chunks[chunk] = hit
     ranges: list[list[datetime]] = []
     moment = query.start
     while moment < query.end:
-        day_end = min(_floor(moment, DAY) + DAY, query.end)
-        if _floor(moment, DAY) not in chunks:
+        chunk_end = min(_floor(moment, unit) + unit, query.end)
+        if _floor(moment, unit) not in chunks:
             if ranges and ranges[-1][1] == moment:
-                ranges[-1][1] = day_end
+                ranges[-1][1] = chunk_end
             else:
-                ranges.append([moment, day_end])
-        moment = day_end
+                ranges.append([moment, chunk_end])
+        moment = chunk_end
     if ranges:
         inner, _ = series_sql(query, the_plan, scope, None, [tuple(r) for r in ranges])
-        sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, per_day=True)
-        fresh = {day: (count, text.encode()) for day, count, text in cur.execute(sql.text(), sql.params).fetchall()}
-        for day in closed:
-            if day not in chunks:
-                chunks[day] = fresh.pop(day, (0, b""))
-                cache.put((*key, day), versions.get(day, (0, 0)), *chunks[day])
+        sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, per_chunk=name)
+        fresh = {chunk: (count, text.encode()) for chunk, count, text in cur.execute(sql.text(), sql.params).fetchall()}
+        for chunk in closed:
+            if chunk not in chunks:
+                chunks[chunk] = fresh.pop(chunk, (0, b""))
+                cache.put((*key, chunk), versions.get(chunk, (0, 0)), *chunks[chunk])
         chunks.update(fresh)
-    ordered = [chunks[day] for day in sorted(chunks)]
+    ordered = [chunks[chunk] for chunk in sorted(chunks)]
     return sum(c for c, _ in ordered), [body for c, body in ordered if c]
 
 
@@ -592,23 +609,23 @@ def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, sc
 # Completeness: the watermark and the reconciliation of every UTC hour the range touches
 
 
-def context(cur: duckdb.DuckDBPyConnection, query: Query, scope: Scope, with_versions: bool) -> dict:
-    """In one statement: the ad's advertiser, the watermark, the reconciled hours and the days' load versions."""
+def context(cur: duckdb.DuckDBPyConnection, query: Query, scope: Scope, unit: str | None) -> dict:
+    """In one statement: the ad's advertiser, the watermark, the reconciled hours and the load versions
+    of the range's whole UTC ``unit``s (none when ``unit`` is None)."""
     first_hour, last_hour = _floor(query.start, HOUR), _floor(query.end + HOUR - MINUTE, HOUR)
-    first_day, last_day = whole_days(query.start, query.end) if with_versions else (query.start, query.start)
+    first, last = whole_units(query.start, query.end, CHUNK_UNITS[unit]) if unit else (query.start, query.start)
     owner, watermark, reconciled, versions = cur.execute(
         "SELECT (SELECT advertiser_id FROM dim_ads WHERE ad_id = ?), "
         "(SELECT complete_through_at FROM meta_watermarks WHERE pipeline = ?), "
         "(SELECT count(*) FROM meta_reconciliations WHERE hour_at >= ? AND hour_at < ? AND status IN (?, ?)), "
-        f"({_LOAD_VERSIONS})",
-        [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES,
-         first_day, last_day],
+        f"({_LOAD_VERSIONS.format(unit=unit or 'hour')})",
+        [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES, first, last],
     ).fetchone()
     hours = (last_hour - first_hour) // HOUR
     return {
         "owner": owner,
         "watermark": watermark,
-        "versions": {day: (n, last) for day, n, last in (versions or [])},
+        "versions": {chunk: (n, x) for chunk, n, x in (versions or [])},
         "completeness": {
             "complete_through": watermark.isoformat() + "Z" if watermark else None,
             "range_complete": watermark is not None and query.end <= watermark,
@@ -797,7 +814,7 @@ def _series(scope: Scope, head: dict):
         # One snapshot for the data, the watermark and the reconciliations: they describe each other.
         cur.execute("BEGIN TRANSACTION READ ONLY")
         the_plan = plan(query.granularity, query.tz, query.start, query.end)
-        facts = context(cur, query, scope, with_versions=the_plan.direct is not None)
+        facts = context(cur, query, scope, chunk_unit(the_plan))
         if scope.ad_id is not None and facts["owner"] != scope.advertiser_id:
             # The same answer for an unknown ad and another advertiser's: nothing leaks.
             return _error(404, f"no ad {scope.ad_id!r} for this API key")

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
-from warehouse.schema import COUNT_COLUMNS, LOAD_DAYS
+from warehouse.schema import COUNT_COLUMNS, LOAD_HOURS
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,9 @@ def replace_interval(
         [load_id, start, end, deleted, inserted],
     )
     cur.execute(
-        f"""INSERT INTO meta_load_days
-            SELECT unnest({LOAD_DAYS.format(start="?::TIMESTAMP", end="?::TIMESTAMP")}), 1, ?
-            ON CONFLICT (day_at) DO UPDATE SET loads = meta_load_days.loads + 1, last_load_id = excluded.last_load_id""",
+        f"""INSERT INTO meta_load_hours
+            SELECT unnest({LOAD_HOURS.format(start="?::TIMESTAMP", end="?::TIMESTAMP")}), 1, ?
+            ON CONFLICT (hour_at) DO UPDATE SET loads = meta_load_hours.loads + 1, last_load_id = excluded.last_load_id""",
         [start, end, load_id],
     )
     cur.execute("DROP TABLE touched")

@@ -32,15 +32,15 @@ CREATE TABLE {name} (
 )"""
 
 
-# The UTC days an interval [start, end) touches, as a DuckDB list expression over two timestamp expressions.
-LOAD_DAYS = "generate_series(date_trunc('day', {start}), {end} - INTERVAL 1 MICROSECOND, INTERVAL 1 DAY)"
-# Every day's version recomputed from the loads recorded in meta_loads.
-LOAD_DAYS_FROM_LOADS = f"""
-INSERT OR REPLACE INTO meta_load_days
-SELECT day_at, count(*), arg_max(load_id, loaded_at)
-FROM (SELECT load_id, loaded_at, unnest({LOAD_DAYS.format(start="interval_start_at", end="interval_end_at")}) AS day_at
+# The UTC hours an interval [start, end) touches, as a DuckDB list expression over two timestamp expressions.
+LOAD_HOURS = "generate_series(date_trunc('hour', {start}), {end} - INTERVAL 1 MICROSECOND, INTERVAL 1 HOUR)"
+# Every hour's version recomputed from the loads recorded in meta_loads.
+LOAD_HOURS_FROM_LOADS = f"""
+INSERT OR REPLACE INTO meta_load_hours
+SELECT hour_at, count(*), arg_max(load_id, loaded_at)
+FROM (SELECT load_id, loaded_at, unnest({LOAD_HOURS.format(start="interval_start_at", end="interval_end_at")}) AS hour_at
       FROM meta_loads)
-GROUP BY day_at"""
+GROUP BY hour_at"""
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -121,17 +121,17 @@ CREATE TABLE meta_reconciliations (
     ),
     (
         4,
-        "load_days",
+        "load_hours",
         [
-            # Per UTC day, how many loads wrote over it and the latest one: the day's version, read by the
-            # API's cache of closed days in a few rows however long meta_loads grows.
+            # Per UTC hour, how many loads wrote over it and the latest one: the hour's version, read by
+            # the API's cache of closed hours and days in a few rows however long meta_loads grows.
             """
-CREATE TABLE meta_load_days (
-    day_at TIMESTAMP PRIMARY KEY,
+CREATE TABLE meta_load_hours (
+    hour_at TIMESTAMP PRIMARY KEY,
     loads BIGINT NOT NULL,
     last_load_id VARCHAR NOT NULL
 )""",
-            LOAD_DAYS_FROM_LOADS,
+            LOAD_HOURS_FROM_LOADS,
         ],
     ),
 ]

@@ -196,7 +196,7 @@ class Builder:
                    m + INTERVAL 1 MINUTE
             FROM unnest(generate_series(?::TIMESTAMP, ?::TIMESTAMP - INTERVAL 1 MINUTE, INTERVAL 1 MINUTE)) t(m)""",
                                             [LOAD_WINDOW - timedelta(minutes=1), FIRST_DAY, end])
-        self.timed("load_history", schema.LOAD_DAYS_FROM_LOADS)
+        self.timed("load_history", schema.LOAD_HOURS_FROM_LOADS)
 
     def extra_day(self, day: datetime) -> None:
         """Day rows only, for the days before the minute data (a 90-day series needs them)."""

@@ -539,20 +539,20 @@ def test_bucket_starts_follow_local_clocks(tz, start, end, granularity, count):
 # The cache of closed days
 
 
-def cached_days(client) -> list:
+def cached_chunks(client) -> list:
     cache = client.application.extensions.get("api_chunk_cache")
     return sorted(key[-1] for key in cache.entries) if cache else []
 
 
-def test_closed_days_are_cached_and_answer_the_same(fresh):
+def test_closed_hours_of_a_minute_series_are_cached_and_answer_the_same(fresh):
     client, key_a, _ = fresh
     params = {"granularity": "minute", "tz": "Asia/Kolkata", "from": "2026-03-06T12:00", "to": "2026-03-09T12:00"}
 
     cold = series(client, key_a, "/v1/advertisers/adv-A/series", **params)
     warm = series(client, key_a, "/v1/advertisers/adv-A/series", **params)
 
-    # The whole UTC days inside [06:30 on the 6th, 06:30 on the 9th) UTC, all behind the watermark.
-    assert cached_days(client) == [datetime(2026, 3, 7), datetime(2026, 3, 8)]
+    # The whole UTC hours inside [06:30 on the 6th, 06:30 on the 9th) UTC, all behind the watermark.
+    assert cached_chunks(client) == [datetime(2026, 3, 6, 7) + timedelta(hours=n) for n in range(71)]
     assert warm.data == cold.data
     assert warm.get_json()["row_count"] > 0
 
@@ -562,14 +562,14 @@ def test_days_after_the_watermark_are_not_cached(fresh):
 
     series(client, key_a, "/v1/ads/ad-1/series", granularity="minute", **{"from": "2026-10-30", "to": "2026-11-02"})
 
-    assert cached_days(client) == []
+    assert cached_chunks(client) == []
 
 
 def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
     client, key_a, con = fresh
     params = {"granularity": "hour", "tz": "America/New_York", "from": "2026-03-07", "to": "2026-03-09"}
     before = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
-    assert datetime(2026, 3, 8) in cached_days(client)
+    assert datetime(2026, 3, 8) in cached_chunks(client)  # an hour series is cached by UTC day
     # A reload of one hour of the 8th (as a reconciliation's repair would do) with ten times the clicks.
     start, end = datetime(2026, 3, 8, 10), datetime(2026, 3, 8, 11)
     minutes, users = window_rows(start, end)
@@ -586,6 +586,30 @@ def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
     assert after["rows"] != before["rows"]
     assert [row for row in after["rows"] if row[0] == "2026-03-08T06:00:00-04:00"][0][1] > \
         [row for row in before["rows"] if row[0] == "2026-03-08T06:00:00-04:00"][0][1]
+
+
+def test_a_load_reads_again_only_the_hours_it_wrote(fresh, tmp_path):
+    client, key_a, con = fresh
+    params = {"granularity": "minute", "tz": "UTC", "from": "2026-03-08T08:00Z", "to": "2026-03-08T13:00Z"}
+    before = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
+    cache = client.application.extensions["api_chunk_cache"]
+    entries = dict(cache.entries)
+    # A scheduled run's load: the minute and its lookback, across the 10:00 boundary, with ten times the clicks.
+    start, end = datetime(2026, 3, 8, 9, 55), datetime(2026, 3, 8, 10, 6)
+    minutes, users = window_rows(start, end)
+    minutes = [(*row[:3], 10 * row[3], *row[4:]) for row in minutes]
+    loads.load_clicks_minute(
+        con, write_parquet(tmp_path / "m" / "p.parquet", MINUTE_LAYOUT, minutes),
+        write_parquet(tmp_path / "u" / "p.parquet", "minute_at TIMESTAMP, ad_id VARCHAR, user_hash BIGINT", users),
+        start, end)
+
+    after = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
+
+    expected = reference(con, "UTC", "minute", utc(after["from"]), utc(after["to"]), "adv-A", "ad-1")
+    assert after["rows"] == [[label(at, "UTC"), *values] for _, at, *values in expected]
+    assert after["rows"] != before["rows"]
+    rewritten = {key[-1] for key, entry in cache.entries.items() if entries.get(key) is not entry}
+    assert rewritten == {datetime(2026, 3, 8, 9), datetime(2026, 3, 8, 10)}
 
 
 def test_the_cache_keeps_within_its_size():

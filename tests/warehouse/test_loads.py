@@ -318,24 +318,26 @@ def test_meta_loads_records_every_load(con, load):
     assert first.load_id != second.load_id
 
 
-def test_meta_load_days_versions_every_day_a_load_touches(con, load):
+def test_meta_load_hours_versions_every_hour_a_load_touches(con, load):
     morning = load(at(0), at(5), [minute_row(at(1))])
     midnight = datetime(2026, 1, 2)
     across = load(midnight - timedelta(minutes=2), midnight + timedelta(minutes=3), [minute_row(midnight)])
+    again = load(at(0), at(5), [minute_row(at(2))])
 
-    assert rows(con, "SELECT day_at, loads, last_load_id FROM meta_load_days ORDER BY day_at") == [
-        (datetime(2026, 1, 1), 2, across.load_id),
+    assert rows(con, "SELECT hour_at, loads, last_load_id FROM meta_load_hours ORDER BY hour_at") == [
+        (T0, 2, again.load_id),
+        (datetime(2026, 1, 1, 23), 1, across.load_id),
         (midnight, 1, across.load_id),
     ]
-    assert morning.load_id != across.load_id
+    assert morning.load_id != again.load_id
 
 
 # Migrations and time zones
 
 
-def test_load_days_migration_counts_the_loads_already_recorded(tmp_path, monkeypatch):
+def test_load_hours_migration_counts_the_loads_already_recorded(tmp_path, monkeypatch):
     con = connect(str(tmp_path / "old.duckdb"))
-    monkeypatch.setattr(schema, "MIGRATIONS", [m for m in schema.MIGRATIONS if m[1] != "load_days"])
+    monkeypatch.setattr(schema, "MIGRATIONS", [m for m in schema.MIGRATIONS if m[1] != "load_hours"])
     schema.migrate(con)
     con.executemany("INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, 0, 0, ?)", [
         ("a", datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 10, 5), datetime(2026, 1, 1, 10, 6)),
@@ -344,9 +346,10 @@ def test_load_days_migration_counts_the_loads_already_recorded(tmp_path, monkeyp
     ])
     monkeypatch.undo()
 
-    assert [version for version, name, _ in schema.MIGRATIONS if name == "load_days"] == schema.migrate(con)
-    assert rows(con, "SELECT day_at, loads, last_load_id FROM meta_load_days ORDER BY day_at") == [
-        (datetime(2026, 1, 1), 2, "b"),
+    assert [version for version, name, _ in schema.MIGRATIONS if name == "load_hours"] == schema.migrate(con)
+    assert rows(con, "SELECT hour_at, loads, last_load_id FROM meta_load_hours ORDER BY hour_at") == [
+        (datetime(2026, 1, 1, 10), 1, "a"),
+        (datetime(2026, 1, 1, 23), 1, "b"),
         (datetime(2026, 1, 2), 2, "c"),
     ]
     con.close()
