@@ -486,8 +486,9 @@ def series_sql(query: Query, the_plan: Plan, scope: Scope, users_since: datetime
 def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_chunk: str | None = None) -> _Sql:
     """Wrap the rows' query so DuckDB writes the body (JSON arrays or CSV lines) with local-time labels,
     ordered by bucket then ad: one row (count, text), or one per UTC ``per_chunk`` ("hour" or "day"):
-    (chunk, count, text)."""
-    sql = _Sql().add(f"SELECT date_trunc('{per_chunk}', r.bucket_at) AS chunk, " if per_chunk else "SELECT ")
+    (chunk number since the epoch, count, text)."""
+    seconds = int(CHUNK_UNITS[per_chunk].total_seconds()) if per_chunk else 0
+    sql = _Sql().add(f"SELECT epoch(r.bucket_at)::BIGINT // {seconds} AS chunk, " if per_chunk else "SELECT ")
     sql.add("count(*), string_agg(")
     sql.add("concat_ws(',', " if query.as_csv else "json_array(")
     if per_ad:
@@ -520,12 +521,18 @@ class ChunkCache:
         self.entries: collections.OrderedDict = collections.OrderedDict()
 
     def get(self, key: tuple, version: tuple):
+        return self.get_many(key[:-1], {key[-1]: version}).get(key[-1])
+
+    def get_many(self, prefix: tuple, versions: dict) -> dict:
+        """chunk -> (count, body) of the chunks whose entry under ``prefix + (chunk,)`` has their version."""
+        found = {}
         with self.lock:
-            entry = self.entries.get(key)
-            if entry is None or entry[0] != version:
-                return None
-            self.entries.move_to_end(key)
-            return entry[1], entry[2]
+            for chunk, version in versions.items():
+                entry = self.entries.get((*prefix, chunk))
+                if entry is not None and entry[0] == version:
+                    self.entries.move_to_end((*prefix, chunk))
+                    found[chunk] = entry[1], entry[2]
+        return found
 
     def put(self, key: tuple, version: tuple, count: int, body: bytes) -> None:
         if len(body) > self.max_bytes // 4 or not self.max_bytes:
@@ -546,11 +553,13 @@ def _chunk_cache() -> ChunkCache:
         "api_chunk_cache", ChunkCache(int(current_app.config.get("API_CHUNK_CACHE_MB", CHUNK_CACHE_MB) * 2**20)))
 
 
-# chunk -> (loads, a hash of the latest loads' ids): the version of what has been written over each UTC
-# hour or day of [?, ?). Any load over a chunk adds to its count of loads.
+# The versions of what has been written over each UTC hour or day of [?, ?), as three lists: the chunks
+# (numbered from the epoch), their loads and a hash of their latest loads' ids. Any load over a chunk
+# adds to its count of loads. Plain numbers: a 30-day range has 720 hours, read on every request.
 _LOAD_VERSIONS = (
-    "SELECT list((chunk, n, x)) FROM (SELECT date_trunc('{unit}', hour_at) AS chunk, sum(loads)::BIGINT AS n, "
-    "bit_xor(hash(last_load_id)) AS x FROM meta_load_hours WHERE hour_at >= ? AND hour_at < ? GROUP BY chunk)"
+    "SELECT list(chunk), list(n), list(x) FROM (SELECT epoch(hour_at)::BIGINT // {seconds} AS chunk, "
+    "sum(loads)::BIGINT AS n, bit_xor(hash(last_load_id)) AS x "
+    "FROM meta_load_hours WHERE hour_at >= ? AND hour_at < ? GROUP BY chunk)"
 )
 CHUNK_UNITS = {"hour": HOUR, "day": DAY}
 
@@ -562,9 +571,10 @@ def chunk_unit(the_plan: Plan) -> str | None:
     return "hour" if the_plan.direct == "minute" else "day"
 
 
-def whole_units(start: datetime, end: datetime, unit: timedelta) -> tuple[datetime, datetime]:
-    """[first, last): the whole UTC hours or days inside [start, end) (empty when first >= last)."""
-    return _floor(start + unit - MINUTE, unit), _floor(end, unit)
+def whole_units(start: datetime, end: datetime, unit: timedelta) -> tuple[int, int]:
+    """[first, last): the whole UTC hours or days inside [start, end), numbered from the epoch
+    (empty when first >= last)."""
+    return -((EPOCH - start) // unit), (end - EPOCH) // unit
 
 
 def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, scope: Scope,
@@ -573,33 +583,32 @@ def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, sc
     name = chunk_unit(the_plan)
     unit = CHUNK_UNITS[name]
     first, last = whole_units(query.start, query.end, unit)
-    closed = [first + n * unit for n in range(max(0, (last - first) // unit))
-              if watermark is not None and first + (n + 1) * unit <= watermark]
+    closed_end = min(last, (watermark - EPOCH) // unit) if watermark is not None else first
+    closed = {chunk: versions.get(chunk, (0, 0)) for chunk in range(first, closed_end)}
     cache = _chunk_cache()
     key = (the_plan.direct, scope.advertiser_id, scope.ad_id, query.tz_name, query.as_csv)
-    chunks = {}
-    for chunk in closed:
-        hit = cache.get((*key, chunk), versions.get(chunk, (0, 0)))
-        if hit is not None:
-            chunks[chunk] = hit
+    chunks = cache.get_many(key, closed)
+    # What the cache does not hold: the piece before the first whole chunk, the closed chunks it
+    # missed, and everything from the first chunk that is not closed, merged where they touch.
     ranges: list[list[datetime]] = []
-    moment = query.start
-    while moment < query.end:
-        chunk_end = min(_floor(moment, unit) + unit, query.end)
-        if _floor(moment, unit) not in chunks:
-            if ranges and ranges[-1][1] == moment:
-                ranges[-1][1] = chunk_end
-            else:
-                ranges.append([moment, chunk_end])
-        moment = chunk_end
+    pieces = [(query.start, EPOCH + first * unit)] if first < closed_end else []
+    pieces += [(EPOCH + c * unit, EPOCH + (c + 1) * unit) for c in closed if c not in chunks]
+    pieces.append((EPOCH + max(first, closed_end) * unit if first < closed_end else query.start, query.end))
+    for lo, hi in pieces:
+        if lo >= hi:
+            continue
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1][1] = hi
+        else:
+            ranges.append([lo, hi])
     if ranges:
         inner, _ = series_sql(query, the_plan, scope, None, [tuple(r) for r in ranges])
         sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, per_chunk=name)
         fresh = {chunk: (count, text.encode()) for chunk, count, text in cur.execute(sql.text(), sql.params).fetchall()}
-        for chunk in closed:
+        for chunk, version in closed.items():
             if chunk not in chunks:
                 chunks[chunk] = fresh.pop(chunk, (0, b""))
-                cache.put((*key, chunk), versions.get(chunk, (0, 0)), *chunks[chunk])
+                cache.put((*key, chunk), version, *chunks[chunk])
         chunks.update(fresh)
     ordered = [chunks[chunk] for chunk in sorted(chunks)]
     return sum(c for c, _ in ordered), [body for c, body in ordered if c]
@@ -613,19 +622,21 @@ def context(cur: duckdb.DuckDBPyConnection, query: Query, scope: Scope, unit: st
     """In one statement: the ad's advertiser, the watermark, the reconciled hours and the load versions
     of the range's whole UTC ``unit``s (none when ``unit`` is None)."""
     first_hour, last_hour = _floor(query.start, HOUR), _floor(query.end + HOUR - MINUTE, HOUR)
-    first, last = whole_units(query.start, query.end, CHUNK_UNITS[unit]) if unit else (query.start, query.start)
-    owner, watermark, reconciled, versions = cur.execute(
+    size = CHUNK_UNITS[unit or "hour"]
+    first, last = whole_units(query.start, query.end, size) if unit else (0, 0)
+    owner, watermark, reconciled, chunks, loads, ids = cur.execute(
         "SELECT (SELECT advertiser_id FROM dim_ads WHERE ad_id = ?), "
         "(SELECT complete_through_at FROM meta_watermarks WHERE pipeline = ?), "
         "(SELECT count(*) FROM meta_reconciliations WHERE hour_at >= ? AND hour_at < ? AND status IN (?, ?)), "
-        f"({_LOAD_VERSIONS.format(unit=unit or 'hour')})",
-        [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES, first, last],
+        f"* FROM ({_LOAD_VERSIONS.format(seconds=int(size.total_seconds()))})",
+        [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES,
+         EPOCH + first * size, EPOCH + last * size],
     ).fetchone()
     hours = (last_hour - first_hour) // HOUR
     return {
         "owner": owner,
         "watermark": watermark,
-        "versions": {chunk: (n, x) for chunk, n, x in (versions or [])},
+        "versions": dict(zip(chunks or [], zip(loads or [], ids or []))),
         "completeness": {
             "complete_through": watermark.isoformat() + "Z" if watermark else None,
             "range_complete": watermark is not None and query.end <= watermark,

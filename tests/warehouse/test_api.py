@@ -540,8 +540,10 @@ def test_bucket_starts_follow_local_clocks(tz, start, end, granularity, count):
 
 
 def cached_chunks(client) -> list:
+    """The UTC start of every cached chunk: hours for minute series, days for the others."""
     cache = client.application.extensions.get("api_chunk_cache")
-    return sorted(key[-1] for key in cache.entries) if cache else []
+    units = {"minute": timedelta(hours=1)}
+    return sorted(api.EPOCH + key[-1] * units.get(key[0], timedelta(days=1)) for key in cache.entries) if cache else []
 
 
 def test_closed_hours_of_a_minute_series_are_cached_and_answer_the_same(fresh):
@@ -608,7 +610,8 @@ def test_a_load_reads_again_only_the_hours_it_wrote(fresh, tmp_path):
     expected = reference(con, "UTC", "minute", utc(after["from"]), utc(after["to"]), "adv-A", "ad-1")
     assert after["rows"] == [[label(at, "UTC"), *values] for _, at, *values in expected]
     assert after["rows"] != before["rows"]
-    rewritten = {key[-1] for key, entry in cache.entries.items() if entries.get(key) is not entry}
+    rewritten = {api.EPOCH + key[-1] * timedelta(hours=1) for key, entry in cache.entries.items()
+                 if entries.get(key) is not entry}
     assert rewritten == {datetime(2026, 3, 8, 9), datetime(2026, 3, 8, 10)}
 
 
