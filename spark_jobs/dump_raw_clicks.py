@@ -48,18 +48,24 @@ def extract(spark: SparkSession, keyspace: str, start: datetime, end: datetime, 
     return partition_keys(spark, start, end, shards).join(raw, on=["minute", "shard"], how="inner").select(*DUMP_COLUMNS)
 
 
-def dump_metrics() -> list[Column]:
+def row_hash() -> Column:
+    """A row's 64-bit hash of every dumped column."""
+    return F.xxhash64(*[F.col(c) for c in DUMP_COLUMNS])
+
+
+def dump_metrics(hashes: Column | None = None) -> list[Column]:
     """Row count, first and last click time (epoch microseconds) and an order-independent checksum.
 
-    The checksum is the exact sum of every row's 64-bit hash of all columns, so it does not depend
-    on how Spark splits or orders the rows, and the reconciliation can recompute it from the files.
+    The checksum is the exact sum of every row's row_hash(), so it does not depend on how Spark
+    splits or orders the rows, and the reconciliation can recompute it from the files. ``hashes``:
+    a column already holding row_hash() (by default it is computed here).
     """
-    row_hash = F.xxhash64(*[F.col(c) for c in DUMP_COLUMNS]).cast("decimal(38,0)")
+    row_hash_sum = (row_hash() if hashes is None else hashes).cast("decimal(38,0)")
     return [
         F.count(F.lit(1)).alias("rows"),
         F.unix_micros(F.min("clicked_at")).alias("min_clicked_at_us"),
         F.unix_micros(F.max("clicked_at")).alias("max_clicked_at_us"),
-        F.coalesce(F.sum(row_hash), F.lit(0).cast("decimal(38,0)")).alias("checksum_sum"),
+        F.coalesce(F.sum(row_hash_sum), F.lit(0).cast("decimal(38,0)")).alias("checksum_sum"),
     ]
 
 

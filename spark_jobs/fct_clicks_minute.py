@@ -36,6 +36,8 @@ RAW_COLUMNS = [
     "minute", "impression_id", "click_id", "ad_id", "advertiser_id", "clicked_at", "issued_at", "status", "reason",
     "user_id", "fingerprint",
 ]
+# Raw columns no step after transform_billable reads: left out of its shuffle.
+NOT_AFTER_LABELLING = ["user_id", "fingerprint", "issued_at", "shard", "referrer"]
 # Allowance for the minting server's clock running ahead of the click server's.
 CLOCK_SKEW = timedelta(minutes=2)
 MINUTE_COLUMNS = [
@@ -102,20 +104,25 @@ def transform_billable(clicks: DataFrame, impression_clicks: DataFrame) -> DataF
     # One pass over each impression's clicks (one shuffle, no join back): every click row carries
     # the (time, click ID) of its impression's first eligible click, from the window's own clicks
     # and from those looked up in clicks_by_impression (which may repeat window clicks: harmless).
+    # The user is hashed first and only the columns used after this are shuffled.
     time_and_id = F.struct("clicked_at", "click_id")
     looked_up = (
         impression_clicks.select("impression_id", "clicked_at", "click_id", "status")
         .where(is_eligible)
         .withColumn("_in_window", F.lit(False))
     )
-    both = clicks.withColumn("_in_window", F.lit(True)).unionByName(looked_up, allowMissingColumns=True)
+    narrow = (
+        clicks.withColumn("user_hash", F.xxhash64(F.coalesce(F.col("user_id"), F.col("fingerprint"))))
+        .drop(*NOT_AFTER_LABELLING)
+        .withColumn("_in_window", F.lit(True))
+    )
+    both = narrow.unionByName(looked_up, allowMissingColumns=True)
     first = F.min(F.when(is_eligible, time_and_id)).over(Window.partitionBy("impression_id"))
     return (
         both.withColumn("_first", first)
         .where(F.col("_in_window"))
         .withColumn("is_billable", is_eligible & F.coalesce(time_and_id == F.col("_first"), F.lit(False)))
         .withColumn("is_eligible", is_eligible)
-        .withColumn("user_hash", F.xxhash64(F.coalesce(F.col("user_id"), F.col("fingerprint"))))
         .drop("_in_window", "_first")
     )
 

@@ -31,11 +31,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_jobs import raw_dumps
-from spark_jobs.dump_raw_clicks import dump_metrics, stats_of
+from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, row_hash, stats_of
 from spark_jobs.fct_clicks_minute import (
     CLOCK_SKEW,
     DUPLICATE,
-    RAW_COLUMNS,
     VALID,
     load,
     transform_billable,
@@ -50,6 +49,8 @@ IMPRESSION_SCHEMA = T.StructType([
     T.StructField("impression_id", T.StringType()), T.StructField("clicked_at", T.TimestampType()),
     T.StructField("click_id", T.StringType()), T.StructField("status", T.StringType()),
 ])
+# Each hour row's row_hash(), carried through the labelling so the checksum needs no pass of its own.
+ROW_HASH = "_row_hash"
 
 
 def read_dump(spark: SparkSession, store: raw_dumps.DumpStore, manifest: raw_dumps.Manifest) -> DataFrame:
@@ -66,11 +67,15 @@ def extract(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Man
     return hour_clicks, earlier_clicks
 
 
-def verify(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, hour_clicks: DataFrame,
+def hour_stats(labelled: DataFrame) -> dict:
+    """The hour's row count, click times and checksum, from its labelled rows (one per dumped row)."""
+    return stats_of(labelled.agg(*dump_metrics(F.col(ROW_HASH))).first().asDict())
+
+
+def verify(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, stats: dict,
            earlier: list[raw_dumps.Manifest]) -> dict:
-    """Raise DumpMismatch unless the hour's rows match its manifest's row count and checksum, and
+    """Raise DumpMismatch unless the hour's ``stats`` match its manifest's row count and checksum, and
     each earlier hour its row count (their checksums were checked when they were reconciled)."""
-    stats = stats_of(hour_clicks.agg(*dump_metrics()).first().asDict())
     problems = [f"{hour.hour_start.isoformat()}: {p}" for p in raw_dumps.content_problems(hour, stats["rows"], stats["checksum"])]
     for manifest in earlier:
         rows = read_dump(spark, store, manifest).count()
@@ -86,9 +91,9 @@ def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame
 
     As in the minute rollup, an impression issued inside the hour has no click before it, so only
     the few issued earlier are looked up in the earlier hours' dumps, and only their billable kinds.
+    The hour's clicks carry their row_hash() (ROW_HASH) for hour_stats.
     """
-    columns = list(dict.fromkeys([*RAW_COLUMNS, "issued_at", "stored_at"]))
-    clicks = hour_clicks.select(*columns)
+    clicks = hour_clicks.select(*DUMP_COLUMNS).withColumn(ROW_HASH, row_hash())
     clicked_at = F.col("clicked_at")
     is_in_horizon = (clicked_at >= F.lit(hour_start - timedelta(seconds=horizon_s))) & (clicked_at < F.lit(hour_start))
     is_eligible = F.col("status").isin(VALID, DUPLICATE)
@@ -150,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session("reconcile_clicks", os.environ, args.master)
     try:
         hour_clicks, earlier_clicks = extract(spark, store, hour, earlier)
-        try:
-            verify(spark, store, hour, hour_clicks, earlier)
-        except raw_dumps.DumpMismatch as error:
-            return _fail(args.output, error)
         clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s)
         labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)
+        # The check reads the hour once, with the labelling, and comes before anything is written.
+        try:
+            verify(spark, store, hour, hour_stats(labelled), earlier)
+        except raw_dumps.DumpMismatch as error:
+            return _fail(args.output, error)
         load(transform_minute_facts(labelled), transform_minute_users(labelled), args.output)
         late = transform_late_clicks(labelled, args.late_after_s).first()
         summary = {

@@ -11,6 +11,7 @@ from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, stats_of
 from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_facts
 from spark_jobs.reconcile_clicks import (
     IMPRESSION_COLUMNS,
+    hour_stats,
     transform_late_clicks,
     transform_recompute_inputs,
     verify,
@@ -197,11 +198,22 @@ def local_dump(spark, folder, hour: datetime, clicks: list[tuple], **stat_overri
     return read_back, manifest
 
 
+def test_the_labelled_rows_give_the_dumps_own_statistics(spark):
+    hour_rows = [dumped("c1", "imp-1", at(1)), dumped("c2", "imp-1", at(2), status="duplicate"),
+                 dumped("c3", "imp-old", at(3), issued_at=at(-90)), dumped("c4", "imp-4", at(59, 59), user_id="u-x")]
+    earlier_rows = [dumped("c0", "imp-old", at(-80))]
+
+    labelled = recompute(spark, hour_rows, earlier_rows)
+
+    assert hour_stats(labelled) == metrics(dump_df(spark, hour_rows))
+    assert labelled.count() == len(hour_rows)
+
+
 def test_verify_passes_dumps_that_match_their_manifests(spark, tmp_path):
     hour_clicks, hour = local_dump(spark, tmp_path / "h10", H10, [dumped("c1", "imp-1", at(1)), dumped("c2", "imp-2", at(2))])
     _, earlier = local_dump(spark, tmp_path / "h09", H10 - timedelta(hours=1), [dumped("c0", "imp-0", at(-30))])
 
-    stats = verify(spark, LocalDumps(), hour, hour_clicks, [earlier])
+    stats = verify(spark, LocalDumps(), hour, metrics(hour_clicks), [earlier])
 
     assert (stats["rows"], stats["checksum"]) == (2, hour.checksum)
 
@@ -216,7 +228,7 @@ def test_verify_fails_on_a_dump_whose_rows_differ_from_its_manifest(spark, tmp_p
                                    **overrides)
 
     with pytest.raises(raw_dumps.DumpMismatch, match=f"2026-01-01T10:00:00\\+00:00: {message}"):
-        verify(spark, LocalDumps(), hour, hour_clicks, [])
+        verify(spark, LocalDumps(), hour, metrics(hour_clicks), [])
 
 
 def test_verify_fails_when_an_earlier_hour_lost_rows(spark, tmp_path):
@@ -224,4 +236,4 @@ def test_verify_fails_when_an_earlier_hour_lost_rows(spark, tmp_path):
     _, earlier = local_dump(spark, tmp_path / "h09", H10 - timedelta(hours=1), [dumped("c0", "imp-0", at(-30))], rows=5)
 
     with pytest.raises(raw_dumps.DumpMismatch, match="2026-01-01T09:00:00\\+00:00: row count 1 != manifest 5"):
-        verify(spark, LocalDumps(), hour, hour_clicks, [earlier])
+        verify(spark, LocalDumps(), hour, metrics(hour_clicks), [earlier])
