@@ -483,12 +483,15 @@ def series_sql(query: Query, the_plan: Plan, scope: Scope, users_since: datetime
     return sql, exact_from
 
 
-def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_chunk: str | None = None) -> _Sql:
+def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, hours_from: datetime | None = None) -> _Sql:
     """Wrap the rows' query so DuckDB writes the body (JSON arrays or CSV lines) with local-time labels,
-    ordered by bucket then ad: one row (count, text), or one per UTC ``per_chunk`` ("hour" or "day"):
-    (chunk number since the epoch, count, text)."""
-    seconds = int(CHUNK_UNITS[per_chunk].total_seconds()) if per_chunk else 0
-    sql = _Sql().add(f"SELECT epoch(r.bucket_at)::BIGINT // {seconds} AS chunk, " if per_chunk else "SELECT ")
+    ordered by bucket then ad: one row (count, text), or, given ``hours_from``, one per cache chunk
+    (chunk_key, count, text)."""
+    sql = _Sql()
+    if hours_from is None:
+        sql.add("SELECT ")
+    else:
+        sql.add(f"SELECT {_CHUNK_KEY.format(at='r.bucket_at', hours='?')} AS chunk, ", hours_from)
     sql.add("count(*), string_agg(")
     sql.add("concat_ws(',', " if query.as_csv else "json_array(")
     if per_ad:
@@ -502,18 +505,19 @@ def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, per_chun
     order = "r.bucket_at, r.ad_id" if per_ad else "r.bucket_at"
     sql.add(f", chr(10) ORDER BY {order}) FROM (" if query.as_csv else f"::VARCHAR, ',' ORDER BY {order}) FROM (")
     sql.add(inner.text(), *inner.params)
-    return sql.add(") r GROUP BY ALL" if per_chunk else ") r")
+    return sql.add(") r GROUP BY ALL" if hours_from is not None else ") r")
 
 
 class ChunkCache:
-    """Rendered rows (UTF-8) of closed UTC hours (minute series) or days (hour and day series), for
-    direct plans: a closed chunk is read and formatted once.
+    """Rendered rows (UTF-8) of closed UTC chunks of direct plans: a closed chunk is read and
+    formatted once. The chunks are UTC days, except from the day of the watermark's last hour on,
+    where a minute or hour series is kept by UTC hour (see cache_chunks).
 
     An entry is valid for its chunk's load version: every write to the fact tables (a load, a
     reconciliation's repair) goes through loads.replace_interval, which counts itself in
     meta_load_hours, so a new load over the chunk changes the version and the entry is recomputed.
-    A load rewrites its last minutes, so only the hour or two it touched are read again.
-    Compaction moves rows without changing them, and leaves the entries valid.
+    A load rewrites the minutes just before the watermark: the hour or two it touched are read
+    again, not the day. Compaction moves rows without changing them, and leaves the entries valid.
     """
 
     def __init__(self, max_bytes: int):
@@ -553,47 +557,103 @@ def _chunk_cache() -> ChunkCache:
         "api_chunk_cache", ChunkCache(int(current_app.config.get("API_CHUNK_CACHE_MB", CHUNK_CACHE_MB) * 2**20)))
 
 
-# The versions of what has been written over each UTC hour or day of [?, ?), as three lists: the chunks
-# (numbered from the epoch), their loads and a hash of their latest loads' ids. Any load over a chunk
-# adds to its count of loads. Plain numbers: a 30-day range has 720 hours, read on every request.
-_LOAD_VERSIONS = (
-    "SELECT list(chunk), list(n), list(x) FROM (SELECT epoch(hour_at)::BIGINT // {seconds} AS chunk, "
-    "sum(loads)::BIGINT AS n, bit_xor(hash(last_load_id)) AS x "
-    "FROM meta_load_hours WHERE hour_at >= ? AND hour_at < ? GROUP BY chunk)"
-)
-CHUNK_UNITS = {"hour": HOUR, "day": DAY}
+# A chunk's key: the epoch seconds of its start, a UTC day before {hours} and a UTC hour from it.
+_CHUNK_KEY = "epoch(CASE WHEN {at} < {hours} THEN date_trunc('day', {at}) ELSE date_trunc('hour', {at}) END)::BIGINT"
+NEVER = datetime(9999, 1, 1)
 
 
-def chunk_unit(the_plan: Plan) -> str | None:
-    """The UTC unit the cache keeps a direct plan's rows by: hours for minute series, else days."""
-    if the_plan.direct is None:
-        return None
-    return "hour" if the_plan.direct == "minute" else "day"
+def hours_from(the_plan: Plan, watermark: datetime | None) -> datetime:
+    """Where a direct plan's cache chunks turn from UTC days to UTC hours: the day of the watermark's
+    last hour for minute and hour series (the loads rewrite the minutes before the watermark), never
+    for day series."""
+    if the_plan.direct not in ("minute", "hour") or watermark is None:
+        return NEVER
+    return _floor(watermark - HOUR, DAY)
 
 
-def whole_units(start: datetime, end: datetime, unit: timedelta) -> tuple[int, int]:
-    """[first, last): the whole UTC hours or days inside [start, end), numbered from the epoch
-    (empty when first >= last)."""
-    return -((EPOCH - start) // unit), (end - EPOCH) // unit
+def cache_chunks(start: datetime, end: datetime, watermark: datetime | None, hours: datetime) -> list[datetime]:
+    """The starts of the closed chunks inside [start, end), in order: whole UTC days before ``hours``,
+    whole UTC hours from it, all ending by the watermark. They are contiguous: a piece of a day
+    before the hours (the range starting mid-day) is not a chunk, and is read from the warehouse."""
+    if watermark is None:
+        return []
+    limit = min(end, watermark)
+    starts = []
+    day = _floor(start + DAY - MINUTE, DAY)
+    while day + DAY <= min(limit, hours):
+        starts.append(day)
+        day += DAY
+    hour = max(hours, _floor(start + HOUR - MINUTE, HOUR))  # where the days stopped, when they reached the zone
+    while hour + HOUR <= limit:
+        starts.append(hour)
+        hour += HOUR
+    return starts
+
+
+class LoadVersions:
+    """The load version of every UTC hour and day, from meta_load_hours, kept in memory and read
+    again only after a load: reading the versions of a 30-day range on every request cost DuckDB
+    more than serving the whole cached series. ``stamp`` is the total count of loads, which every
+    load raises; each request reads it in its own snapshot, so it never takes a version newer than
+    the rows it reads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.stamp: int | None = None
+        self.hours: dict[int, tuple[int, int]] = {}
+        self.days: dict[int, tuple[int, int]] = {}
+
+    def get(self, cur: duckdb.DuckDBPyConnection, stamp: int | None) -> tuple[dict, dict]:
+        """(hours, days): epoch seconds of an hour's or a day's start -> (loads, xor of the hashes of the
+        latest loads' ids over it)."""
+        with self.lock:
+            if stamp == self.stamp:
+                return self.hours, self.days
+        starts, loads, ids = cur.execute(
+            "SELECT list(epoch(hour_at)::BIGINT), list(loads), list(hash(last_load_id)) FROM meta_load_hours"
+        ).fetchone()
+        hours = dict(zip(starts or [], zip(loads or [], ids or [])))
+        days: dict[int, tuple[int, int]] = {}
+        for hour, (n, x) in hours.items():
+            day_n, day_x = days.get(hour - hour % 86400, (0, 0))
+            days[hour - hour % 86400] = (day_n + n, day_x ^ x)
+        with self.lock:
+            self.stamp, self.hours, self.days = stamp, hours, days
+        return hours, days
+
+
+def _load_versions() -> LoadVersions:
+    return current_app.extensions.setdefault("api_load_versions", LoadVersions())
+
+
+def _key(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(seconds=1)
 
 
 def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, scope: Scope,
-                watermark: datetime | None, versions: dict) -> tuple[int, list[bytes]]:
-    """(rows, bodies) of a direct plan: closed whole UTC chunks from the chunk cache, the rest from the warehouse."""
-    name = chunk_unit(the_plan)
-    unit = CHUNK_UNITS[name]
-    first, last = whole_units(query.start, query.end, unit)
-    closed_end = min(last, (watermark - EPOCH) // unit) if watermark is not None else first
-    closed = {chunk: versions.get(chunk, (0, 0)) for chunk in range(first, closed_end)}
+                watermark: datetime | None, stamp: int | None) -> tuple[int, list[bytes]]:
+    """(rows, bodies) of a direct plan: closed chunks from the chunk cache, the rest from the warehouse.
+    ``stamp``: the count of loads in this request's snapshot (from context())."""
+    hours = hours_from(the_plan, watermark)
+    starts = cache_chunks(query.start, query.end, watermark, hours)
+    hour_versions, day_versions = _load_versions().get(cur, stamp) if starts else ({}, {})
+    # A chunk is (its start's key, whether it is a day): a day and its first hour share a start.
+    closed = {(_key(at), at < hours): (day_versions if at < hours else hour_versions).get(_key(at), (0, 0))
+              for at in starts}
     cache = _chunk_cache()
     key = (the_plan.direct, scope.advertiser_id, scope.ad_id, query.tz_name, query.as_csv)
-    chunks = cache.get_many(key, closed)
-    # What the cache does not hold: the piece before the first whole chunk, the closed chunks it
-    # missed, and everything from the first chunk that is not closed, merged where they touch.
+    chunks = {chunk[0]: found for chunk, found in cache.get_many(key, closed).items()}
+    # What the cache does not hold: the piece before the first chunk, the chunks it missed, and
+    # everything after the last chunk, merged where they touch.
+    pieces = []
+    if starts:
+        ends = starts[1:] + [starts[-1] + (DAY if starts[-1] < hours else HOUR)]
+        pieces.append((query.start, starts[0]))
+        pieces += [(lo, hi) for lo, hi in zip(starts, ends) if _key(lo) not in chunks]
+        pieces.append((ends[-1], query.end))
+    else:
+        pieces.append((query.start, query.end))
     ranges: list[list[datetime]] = []
-    pieces = [(query.start, EPOCH + first * unit)] if first < closed_end else []
-    pieces += [(EPOCH + c * unit, EPOCH + (c + 1) * unit) for c in closed if c not in chunks]
-    pieces.append((EPOCH + max(first, closed_end) * unit if first < closed_end else query.start, query.end))
     for lo, hi in pieces:
         if lo >= hi:
             continue
@@ -603,12 +663,12 @@ def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, sc
             ranges.append([lo, hi])
     if ranges:
         inner, _ = series_sql(query, the_plan, scope, None, [tuple(r) for r in ranges])
-        sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, per_chunk=name)
+        sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, hours_from=hours)
         fresh = {chunk: (count, text.encode()) for chunk, count, text in cur.execute(sql.text(), sql.params).fetchall()}
         for chunk, version in closed.items():
-            if chunk not in chunks:
-                chunks[chunk] = fresh.pop(chunk, (0, b""))
-                cache.put((*key, chunk), version, *chunks[chunk])
+            if chunk[0] not in chunks:
+                chunks[chunk[0]] = fresh.pop(chunk[0], (0, b""))
+                cache.put((*key, chunk), version, *chunks[chunk[0]])
         chunks.update(fresh)
     ordered = [chunks[chunk] for chunk in sorted(chunks)]
     return sum(c for c, _ in ordered), [body for c, body in ordered if c]
@@ -618,25 +678,22 @@ def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, sc
 # Completeness: the watermark and the reconciliation of every UTC hour the range touches
 
 
-def context(cur: duckdb.DuckDBPyConnection, query: Query, scope: Scope, unit: str | None) -> dict:
-    """In one statement: the ad's advertiser, the watermark, the reconciled hours and the load versions
-    of the range's whole UTC ``unit``s (none when ``unit`` is None)."""
+def context(cur: duckdb.DuckDBPyConnection, query: Query, scope: Scope) -> dict:
+    """In one statement (each costs DuckDB about a millisecond): the ad's advertiser, the watermark,
+    the reconciled hours and the count of loads (the stamp of LoadVersions)."""
     first_hour, last_hour = _floor(query.start, HOUR), _floor(query.end + HOUR - MINUTE, HOUR)
-    size = CHUNK_UNITS[unit or "hour"]
-    first, last = whole_units(query.start, query.end, size) if unit else (0, 0)
-    owner, watermark, reconciled, chunks, loads, ids = cur.execute(
+    owner, watermark, reconciled, stamp = cur.execute(
         "SELECT (SELECT advertiser_id FROM dim_ads WHERE ad_id = ?), "
         "(SELECT complete_through_at FROM meta_watermarks WHERE pipeline = ?), "
         "(SELECT count(*) FROM meta_reconciliations WHERE hour_at >= ? AND hour_at < ? AND status IN (?, ?)), "
-        f"* FROM ({_LOAD_VERSIONS.format(seconds=int(size.total_seconds()))})",
-        [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES,
-         EPOCH + first * size, EPOCH + last * size],
+        "(SELECT sum(loads)::BIGINT FROM meta_load_hours)",
+        [scope.ad_id, ROLLUP_PIPELINE, first_hour, last_hour, *RECONCILED_STATUSES],
     ).fetchone()
     hours = (last_hour - first_hour) // HOUR
     return {
         "owner": owner,
         "watermark": watermark,
-        "versions": dict(zip(chunks or [], zip(loads or [], ids or []))),
+        "stamp": stamp,
         "completeness": {
             "complete_through": watermark.isoformat() + "Z" if watermark else None,
             "range_complete": watermark is not None and query.end <= watermark,
@@ -825,13 +882,13 @@ def _series(scope: Scope, head: dict):
         # One snapshot for the data, the watermark and the reconciliations: they describe each other.
         cur.execute("BEGIN TRANSACTION READ ONLY")
         the_plan = plan(query.granularity, query.tz, query.start, query.end)
-        facts = context(cur, query, scope, chunk_unit(the_plan))
+        facts = context(cur, query, scope)
         if scope.ad_id is not None and facts["owner"] != scope.advertiser_id:
             # The same answer for an unknown ad and another advertiser's: nothing leaks.
             return _error(404, f"no ad {scope.ad_id!r} for this API key")
         status = facts["completeness"]
         if the_plan.direct is not None:
-            count, bodies = direct_body(cur, query, the_plan, scope, facts["watermark"], facts["versions"])
+            count, bodies = direct_body(cur, query, the_plan, scope, facts["watermark"], facts["stamp"])
             exact_from = None
         else:
             needs_users = query.unique_users == "exact" and any(not b.is_one_stored_row() for b in the_plan.buckets)

@@ -540,21 +540,22 @@ def test_bucket_starts_follow_local_clocks(tz, start, end, granularity, count):
 
 
 def cached_chunks(client) -> list:
-    """The UTC start of every cached chunk: hours for minute series, days for the others."""
+    """The UTC start of every cached chunk."""
     cache = client.application.extensions.get("api_chunk_cache")
-    units = {"minute": timedelta(hours=1)}
-    return sorted(api.EPOCH + key[-1] * units.get(key[0], timedelta(days=1)) for key in cache.entries) if cache else []
+    return sorted(api.EPOCH + timedelta(seconds=key[-1][0]) for key in cache.entries) if cache else []
 
 
-def test_closed_hours_of_a_minute_series_are_cached_and_answer_the_same(fresh):
+def test_closed_days_and_hours_of_a_minute_series_are_cached_and_answer_the_same(fresh):
     client, key_a, _ = fresh
     params = {"granularity": "minute", "tz": "Asia/Kolkata", "from": "2026-03-06T12:00", "to": "2026-03-09T12:00"}
 
     cold = series(client, key_a, "/v1/advertisers/adv-A/series", **params)
     warm = series(client, key_a, "/v1/advertisers/adv-A/series", **params)
 
-    # The whole UTC hours inside [06:30 on the 6th, 06:30 on the 9th) UTC, all behind the watermark.
-    assert cached_chunks(client) == [datetime(2026, 3, 6, 7) + timedelta(hours=n) for n in range(71)]
+    # Inside [06:30 on the 6th, 06:30 on the 9th) UTC, behind the watermark (midnight on the 10th):
+    # the whole days before the watermark's last day, then the whole hours of that day.
+    assert cached_chunks(client) == [datetime(2026, 3, 7), datetime(2026, 3, 8)] + [
+        datetime(2026, 3, 9, hour) for hour in range(6)]
     assert warm.data == cold.data
     assert warm.get_json()["row_count"] > 0
 
@@ -571,7 +572,7 @@ def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
     client, key_a, con = fresh
     params = {"granularity": "hour", "tz": "America/New_York", "from": "2026-03-07", "to": "2026-03-09"}
     before = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
-    assert datetime(2026, 3, 8) in cached_chunks(client)  # an hour series is cached by UTC day
+    assert datetime(2026, 3, 8) in cached_chunks(client)  # a day before the watermark's last day
     # A reload of one hour of the 8th (as a reconciliation's repair would do) with ten times the clicks.
     start, end = datetime(2026, 3, 8, 10), datetime(2026, 3, 8, 11)
     minutes, users = window_rows(start, end)
@@ -592,12 +593,12 @@ def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
 
 def test_a_load_reads_again_only_the_hours_it_wrote(fresh, tmp_path):
     client, key_a, con = fresh
-    params = {"granularity": "minute", "tz": "UTC", "from": "2026-03-08T08:00Z", "to": "2026-03-08T13:00Z"}
+    params = {"granularity": "minute", "tz": "UTC", "from": "2026-03-09T08:00Z", "to": "2026-03-09T13:00Z"}
     before = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
     cache = client.application.extensions["api_chunk_cache"]
     entries = dict(cache.entries)
     # A scheduled run's load: the minute and its lookback, across the 10:00 boundary, with ten times the clicks.
-    start, end = datetime(2026, 3, 8, 9, 55), datetime(2026, 3, 8, 10, 6)
+    start, end = datetime(2026, 3, 9, 9, 55), datetime(2026, 3, 9, 10, 6)
     minutes, users = window_rows(start, end)
     minutes = [(*row[:3], 10 * row[3], *row[4:]) for row in minutes]
     loads.load_clicks_minute(
@@ -610,9 +611,52 @@ def test_a_load_reads_again_only_the_hours_it_wrote(fresh, tmp_path):
     expected = reference(con, "UTC", "minute", utc(after["from"]), utc(after["to"]), "adv-A", "ad-1")
     assert after["rows"] == [[label(at, "UTC"), *values] for _, at, *values in expected]
     assert after["rows"] != before["rows"]
-    rewritten = {api.EPOCH + key[-1] * timedelta(hours=1) for key, entry in cache.entries.items()
+    rewritten = {api.EPOCH + timedelta(seconds=key[-1][0]) for key, entry in cache.entries.items()
                  if entries.get(key) is not entry}
-    assert rewritten == {datetime(2026, 3, 8, 9), datetime(2026, 3, 8, 10)}
+    assert rewritten == {datetime(2026, 3, 9, 9), datetime(2026, 3, 9, 10)}
+    assert len(cache.entries) == 5
+
+
+@pytest.mark.parametrize(("start", "end", "watermark", "hours", "expected"), [
+    # Days up to the hour zone, then hours up to the watermark.
+    (datetime(2026, 3, 6, 6, 30), datetime(2026, 3, 9, 6, 30), datetime(2026, 3, 10), datetime(2026, 3, 9),
+     [datetime(2026, 3, 7), datetime(2026, 3, 8), *(datetime(2026, 3, 9, h) for h in range(6))]),
+    # The watermark cuts the hours; nothing after it is closed.
+    (datetime(2026, 3, 8), datetime(2026, 3, 12), datetime(2026, 3, 9, 2, 30), datetime(2026, 3, 9),
+     [datetime(2026, 3, 8), datetime(2026, 3, 9), datetime(2026, 3, 9, 1)]),
+    # A range that starts inside the hour zone: hours only, from the first whole one.
+    (datetime(2026, 3, 9, 4, 10), datetime(2026, 3, 9, 8), datetime(2026, 3, 10), datetime(2026, 3, 9),
+     [datetime(2026, 3, 9, h) for h in (5, 6, 7)]),
+    # A partial day just before the hour zone is not a chunk; the zone's hours are.
+    (datetime(2026, 3, 8, 12), datetime(2026, 3, 9, 3), datetime(2026, 3, 10), datetime(2026, 3, 9),
+     [datetime(2026, 3, 9, h) for h in (0, 1, 2)]),
+    # Day series: days only.
+    (datetime(2026, 3, 6), datetime(2026, 3, 10), datetime(2026, 3, 9, 5), api.NEVER,
+     [datetime(2026, 3, 6), datetime(2026, 3, 7), datetime(2026, 3, 8)]),
+    # No watermark: nothing is closed.
+    (datetime(2026, 3, 6), datetime(2026, 3, 10), None, api.NEVER, []),
+], ids=["days-then-hours", "cut-by-watermark", "inside-hour-zone", "partial-day-before-hours", "day-series",
+        "no-watermark"])
+def test_cache_chunks_are_whole_closed_days_then_hours(start, end, watermark, hours, expected):
+    assert api.cache_chunks(start, end, watermark, hours) == expected
+
+
+def test_load_versions_are_read_again_only_when_the_count_of_loads_changes():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE meta_load_hours (hour_at TIMESTAMP, loads BIGINT, last_load_id VARCHAR)")
+    con.execute("INSERT INTO meta_load_hours VALUES ('2026-03-09 00:00', 2, 'a'), ('2026-03-09 05:00', 1, 'b'), "
+                "('2026-03-10 00:00', 1, 'c')")
+    versions = api.LoadVersions()
+    midnight, five = api._key(datetime(2026, 3, 9)), api._key(datetime(2026, 3, 9, 5))
+    ids = dict(con.execute("SELECT last_load_id, hash(last_load_id) FROM meta_load_hours").fetchall())
+
+    hours, days = versions.get(con, 4)
+
+    assert hours[midnight] == (2, ids["a"]) and hours[five] == (1, ids["b"])
+    assert days[midnight] == (3, ids["a"] ^ ids["b"])  # a day and its first hour: same start, own versions
+    con.execute("UPDATE meta_load_hours SET loads = 3, last_load_id = 'd' WHERE hour_at = '2026-03-09 05:00'")
+    assert versions.get(con, 4)[1][midnight] == (3, ids["a"] ^ ids["b"])  # same count of loads: not read
+    assert versions.get(con, 6)[1][midnight][0] == 5
 
 
 def test_the_cache_keeps_within_its_size():
