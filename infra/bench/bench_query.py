@@ -111,11 +111,11 @@ class Builder:
         began = time.monotonic()
         self.ads()
         for day in range(args.days):
-            self.minute_day(FIRST_DAY + timedelta(days=day))
+            self.minute_day(FIRST_DAY + timedelta(days=day), with_users=day >= args.days - args.users_days)
             print(f"    day {day + 1}/{args.days}: {self.rows['fct_clicks_minute']:,} minute rows so far "
                   f"({time.monotonic() - began:.0f}s)", flush=True)
-        for day in range(args.days - args.users_days, args.days):
-            self.users_day(FIRST_DAY + timedelta(days=day))
+        self.con.execute("DROP TABLE bench_day")
+        self.con.execute("DROP TABLE bench_hours")
         for day in range(args.extra_days):
             self.extra_day(FIRST_DAY - timedelta(days=day + 1))
         end = FIRST_DAY + timedelta(days=args.days)
@@ -144,11 +144,13 @@ class Builder:
         self.timed("ads", "INSERT INTO dim_ads SELECT ad_id, advertiser_id, ?, ? FROM bench_ads",
                    [FIRST_DAY - timedelta(days=self.args.extra_days), FIRST_DAY + timedelta(days=self.args.days)])
 
-    def minute_day(self, day: datetime) -> None:
-        """One day of (ad, minute) rows: an ad with n clicks gets min(n, 1440) distinct minutes."""
+    def minute_day(self, day: datetime, with_users: bool) -> None:
+        """One day of (ad, minute) rows: an ad with n clicks gets min(n, 1440) distinct minutes. The
+        day is made in a temporary table, and its hours, days and users come from there: reading
+        them back from the fact tables would scan every day written so far when they are sorted by ad."""
         order = "minute_at, advertiser_id, ad_id" if self.args.layout == "arrival" else "advertiser_id, ad_id, minute_at"
-        inserted = self.timed("minute_rows", f"""
-            INSERT INTO fct_clicks_minute
+        self.timed("minute_rows", """
+            CREATE OR REPLACE TEMP TABLE bench_day AS
             WITH n AS (SELECT ad_id, advertiser_id, floor(lam * (0.9 + 0.2 * random()) + random())::BIGINT AS n,
                               (random() * 1440)::BIGINT AS off FROM bench_ads),
                  k AS (SELECT ad_id, advertiser_id, n, off, unnest(range(least(n, 1440))) AS k FROM n WHERE n > 0),
@@ -160,33 +162,35 @@ class Builder:
                  l AS (SELECT *, floor(0.05 * clicks + random())::BIGINT AS dup,
                               floor(0.03 * clicks + random())::BIGINT AS inv,
                               floor(0.02 * clicks + random())::BIGINT AS exp FROM c)
-            SELECT minute_at, ad_id, advertiser_id, greatest(clicks - dup - inv - exp, 0), dup, exp, inv,
-                   inv - inv // 2, 0, inv // 2, greatest(clicks - dup - inv - exp, 0), now()::TIMESTAMP
-            FROM l ORDER BY {order}""", [day])
+            SELECT minute_at, ad_id, advertiser_id, greatest(clicks - dup - inv - exp, 0) AS billable_clicks,
+                   dup AS duplicate_clicks, exp AS expired_clicks, inv AS invalid_clicks,
+                   inv - inv // 2 AS invalid_head_clicks, 0 AS invalid_prefetch_clicks, inv // 2 AS invalid_bot_clicks,
+                   greatest(clicks - dup - inv - exp, 0) AS unique_users, now()::TIMESTAMP AS loaded_at
+            FROM l""", [day])
+        inserted = self.timed("minute_rows", f"INSERT INTO fct_clicks_minute SELECT * FROM bench_day ORDER BY {order}")
         self.rows["fct_clicks_minute"] = self.rows.get("fct_clicks_minute", 0) + inserted
-        sums = ", ".join(f"sum({c})" for c in ("billable_clicks", "duplicate_clicks", "expired_clicks", "invalid_clicks",
-                                               "invalid_head_clicks", "invalid_prefetch_clicks", "invalid_bot_clicks",
-                                               "unique_users"))
-        self.rows["fct_clicks_hour"] = self.rows.get("fct_clicks_hour", 0) + self.timed("hour_rows", f"""
-            INSERT INTO fct_clicks_hour
+        sums = ", ".join(f"sum({c}) AS {c}" for c in ("billable_clicks", "duplicate_clicks", "expired_clicks",
+                                                      "invalid_clicks", "invalid_head_clicks", "invalid_prefetch_clicks",
+                                                      "invalid_bot_clicks", "unique_users"))
+        self.timed("hour_rows", f"""
+            CREATE OR REPLACE TEMP TABLE bench_hours AS
             SELECT date_trunc('hour', minute_at) AS hour_at, ad_id, any_value(advertiser_id) AS advertiser_id, {sums},
                    now()::TIMESTAMP
-            FROM fct_clicks_minute WHERE minute_at >= ? AND minute_at < ?
-            GROUP BY ALL ORDER BY advertiser_id, ad_id, hour_at""", [day, day + timedelta(days=1)])
+            FROM bench_day GROUP BY ALL""")
+        self.rows["fct_clicks_hour"] = self.rows.get("fct_clicks_hour", 0) + self.timed(
+            "hour_rows", "INSERT INTO fct_clicks_hour SELECT * FROM bench_hours ORDER BY advertiser_id, ad_id, hour_at")
         self.rows["fct_clicks_day"] = self.rows.get("fct_clicks_day", 0) + self.timed("day_rows", f"""
             INSERT INTO fct_clicks_day
             SELECT ?::TIMESTAMP AS day_at, ad_id, any_value(advertiser_id) AS advertiser_id, {sums}, now()::TIMESTAMP
-            FROM fct_clicks_hour WHERE hour_at >= ? AND hour_at < ?
-            GROUP BY ALL ORDER BY advertiser_id, ad_id""", [day, day, day + timedelta(days=1)])
-
-    def users_day(self, day: datetime) -> None:
-        """The hashed user behind each billable click of a day: all distinct."""
-        self.rows["stg_clicks_minute_users"] = self.rows.get("stg_clicks_minute_users", 0) + self.timed("user_rows", """
-            INSERT INTO stg_clicks_minute_users
-            SELECT minute_at, ad_id, (hash(ad_id, minute_at, k) >> 1)::BIGINT
-            FROM (SELECT minute_at, ad_id, unnest(range(unique_users)) AS k FROM fct_clicks_minute
-                  WHERE minute_at >= ? AND minute_at < ?)
-            ORDER BY minute_at, ad_id""", [day, day + timedelta(days=1)])
+            FROM bench_hours GROUP BY ALL ORDER BY advertiser_id, ad_id""", [day])
+        if with_users:
+            # The hashed user behind each billable click of the day: all distinct.
+            self.rows["stg_clicks_minute_users"] = self.rows.get("stg_clicks_minute_users", 0) + self.timed(
+                "user_rows", """
+                INSERT INTO stg_clicks_minute_users
+                SELECT minute_at, ad_id, (hash(ad_id, minute_at, k) >> 1)::BIGINT
+                FROM (SELECT minute_at, ad_id, unnest(range(unique_users)) AS k FROM bench_day)
+                ORDER BY minute_at, ad_id""")
 
     def load_history(self, end: datetime) -> None:
         """The meta_loads rows of a scheduled run every minute over the minute data, as a live warehouse has them."""
