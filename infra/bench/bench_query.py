@@ -184,13 +184,14 @@ class Builder:
             SELECT ?::TIMESTAMP AS day_at, ad_id, any_value(advertiser_id) AS advertiser_id, {sums}, now()::TIMESTAMP
             FROM bench_hours GROUP BY ALL ORDER BY advertiser_id, ad_id""", [day])
         if with_users:
-            # The hashed user behind each billable click of the day: all distinct.
+            # The hashed user behind each billable click of the day: all distinct. In the order of the
+            # minute rows, as the loads (arrival) or the compaction (sorted) leave them.
             self.rows["stg_clicks_minute_users"] = self.rows.get("stg_clicks_minute_users", 0) + self.timed(
-                "user_rows", """
+                "user_rows", f"""
                 INSERT INTO stg_clicks_minute_users
                 SELECT minute_at, ad_id, (hash(ad_id, minute_at, k) >> 1)::BIGINT
-                FROM (SELECT minute_at, ad_id, unnest(range(unique_users)) AS k FROM bench_day)
-                ORDER BY minute_at, ad_id""")
+                FROM (SELECT minute_at, ad_id, advertiser_id, unnest(range(unique_users)) AS k FROM bench_day)
+                ORDER BY {order}""")
 
     def load_history(self, end: datetime) -> None:
         """The meta_loads rows of a scheduled run every minute over the minute data, as a live warehouse has them."""
