@@ -483,15 +483,16 @@ def series_sql(query: Query, the_plan: Plan, scope: Scope, users_since: datetime
     return sql, exact_from
 
 
-def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, hours_from: datetime | None = None) -> _Sql:
+def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool,
+               chunk_hours_from: datetime | None = None) -> _Sql:
     """Wrap the rows' query so DuckDB writes the body (JSON arrays or CSV lines) with local-time labels,
-    ordered by bucket then ad: one row (count, text), or, given ``hours_from``, one per cache chunk
-    (chunk_key, count, text)."""
+    ordered by bucket then ad: one row (count, text), or, given where the cache's chunks turn from
+    days to hours (hours_from), one per cache chunk (chunk key, count, text)."""
     sql = _Sql()
-    if hours_from is None:
+    if chunk_hours_from is None:
         sql.add("SELECT ")
     else:
-        sql.add(f"SELECT {_CHUNK_KEY.format(at='r.bucket_at', hours='?')} AS chunk, ", hours_from)
+        sql.add(f"SELECT {_CHUNK_KEY.format(at='r.bucket_at', hours='?')} AS chunk, ", chunk_hours_from)
     sql.add("count(*), string_agg(")
     sql.add("concat_ws(',', " if query.as_csv else "json_array(")
     if per_ad:
@@ -505,7 +506,7 @@ def render_sql(inner: _Sql, query: Query, the_plan: Plan, per_ad: bool, hours_fr
     order = "r.bucket_at, r.ad_id" if per_ad else "r.bucket_at"
     sql.add(f", chr(10) ORDER BY {order}) FROM (" if query.as_csv else f"::VARCHAR, ',' ORDER BY {order}) FROM (")
     sql.add(inner.text(), *inner.params)
-    return sql.add(") r GROUP BY ALL" if hours_from is not None else ") r")
+    return sql.add(") r GROUP BY ALL" if chunk_hours_from is not None else ") r")
 
 
 class ChunkCache:
@@ -523,9 +524,6 @@ class ChunkCache:
     def __init__(self, max_bytes: int):
         self.max_bytes, self.size, self.lock = max_bytes, 0, threading.Lock()
         self.entries: collections.OrderedDict = collections.OrderedDict()
-
-    def get(self, key: tuple, version: tuple):
-        return self.get_many(key[:-1], {key[-1]: version}).get(key[-1])
 
     def get_many(self, prefix: tuple, versions: dict) -> dict:
         """chunk -> (count, body) of the chunks whose entry under ``prefix + (chunk,)`` has their version."""
@@ -663,7 +661,7 @@ def direct_body(cur: duckdb.DuckDBPyConnection, query: Query, the_plan: Plan, sc
             ranges.append([lo, hi])
     if ranges:
         inner, _ = series_sql(query, the_plan, scope, None, [tuple(r) for r in ranges])
-        sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, hours_from=hours)
+        sql = render_sql(inner, query, the_plan, per_ad=scope.ad_id is None, chunk_hours_from=hours)
         fresh = {chunk: (count, text.encode()) for chunk, count, text in cur.execute(sql.text(), sql.params).fetchall()}
         for chunk, version in closed.items():
             if chunk[0] not in chunks:

@@ -568,19 +568,23 @@ def test_days_after_the_watermark_are_not_cached(fresh):
     assert cached_chunks(client) == []
 
 
-def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
-    client, key_a, con = fresh
-    params = {"granularity": "hour", "tz": "America/New_York", "from": "2026-03-07", "to": "2026-03-09"}
-    before = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
-    assert datetime(2026, 3, 8) in cached_chunks(client)  # a day before the watermark's last day
-    # A reload of one hour of the 8th (as a reconciliation's repair would do) with ten times the clicks.
-    start, end = datetime(2026, 3, 8, 10), datetime(2026, 3, 8, 11)
+def reload_tenfold(con, tmp_path, start: datetime, end: datetime) -> None:
+    """Load [start, end) again, as a later run or a repair would, with ten times the billable clicks."""
     minutes, users = window_rows(start, end)
     minutes = [(*row[:3], 10 * row[3], *row[4:]) for row in minutes]
     loads.load_clicks_minute(
         con, write_parquet(tmp_path / "m" / "p.parquet", MINUTE_LAYOUT, minutes),
         write_parquet(tmp_path / "u" / "p.parquet", "minute_at TIMESTAMP, ad_id VARCHAR, user_hash BIGINT", users),
         start, end)
+
+
+def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
+    client, key_a, con = fresh
+    params = {"granularity": "hour", "tz": "America/New_York", "from": "2026-03-07", "to": "2026-03-09"}
+    before = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
+    assert datetime(2026, 3, 8) in cached_chunks(client)  # a day before the watermark's last day
+    # A reload of one hour of the 8th (as a reconciliation's repair would do) with ten times the clicks.
+    reload_tenfold(con, tmp_path, datetime(2026, 3, 8, 10), datetime(2026, 3, 8, 11))
 
     after = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
 
@@ -598,13 +602,7 @@ def test_a_load_reads_again_only_the_hours_it_wrote(fresh, tmp_path):
     cache = client.application.extensions["api_chunk_cache"]
     entries = dict(cache.entries)
     # A scheduled run's load: the minute and its lookback, across the 10:00 boundary, with ten times the clicks.
-    start, end = datetime(2026, 3, 9, 9, 55), datetime(2026, 3, 9, 10, 6)
-    minutes, users = window_rows(start, end)
-    minutes = [(*row[:3], 10 * row[3], *row[4:]) for row in minutes]
-    loads.load_clicks_minute(
-        con, write_parquet(tmp_path / "m" / "p.parquet", MINUTE_LAYOUT, minutes),
-        write_parquet(tmp_path / "u" / "p.parquet", "minute_at TIMESTAMP, ad_id VARCHAR, user_hash BIGINT", users),
-        start, end)
+    reload_tenfold(con, tmp_path, datetime(2026, 3, 9, 9, 55), datetime(2026, 3, 9, 10, 6))
 
     after = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
 
@@ -666,9 +664,9 @@ def test_the_cache_keeps_within_its_size():
         cache.put(("k", n), (1, 0), 1, b"x" * 20)
 
     assert cache.size <= 100
-    assert cache.get(("k", 9), (1, 0)) == (1, b"x" * 20)
-    assert cache.get(("k", 0), (1, 0)) is None
-    assert cache.get(("k", 9), (2, 0)) is None  # another version: a miss
+    assert cache.get_many(("k",), {9: (1, 0)}) == {9: (1, b"x" * 20)}
+    assert cache.get_many(("k",), {0: (1, 0)}) == {}
+    assert cache.get_many(("k",), {9: (2, 0)}) == {}  # another version: a miss
 
 
 @pytest.mark.parametrize("minutes", [[], [datetime(2026, 3, 8, 10, 17)],
