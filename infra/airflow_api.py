@@ -8,7 +8,13 @@ from datetime import datetime
 
 import requests
 
+from infra.airflow_sqlite import BUSY_TIMEOUT_SECONDS
+
 FINISHED = {"success", "failed"}
+
+# Longer than the metadata database's own lock wait, so the API server answers (a 500 to retry)
+# before the client gives up on a call that is only queued behind another writer.
+DEFAULT_TIMEOUT = BUSY_TIMEOUT_SECONDS + 30
 
 
 class AirflowError(RuntimeError):
@@ -23,7 +29,7 @@ class AirflowAPI:
         base_url: str,
         username: str,
         password: str,
-        timeout: float = 30,
+        timeout: float = DEFAULT_TIMEOUT,
         attempts: int = 4,
         backoff: float = 2.0,
         http: requests.Session | None = None,
@@ -41,15 +47,22 @@ class AirflowAPI:
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
-        """One API call, retried on 5xx: the metadata database can be briefly busy (it is SQLite here).
+        """One API call, retried on 5xx, a timeout or a dropped connection: the metadata database can
+        be busy for a while (it is SQLite here, and the scheduler writes to it as it starts).
 
         Every call this client makes is safe to repeat: reads, pausing, clearing, and triggers that
         carry their own run ID (see ``trigger`` for the repeat that finds its run already created).
         """
+        url = f"{self.base_url}/api/v2{path}"
         for attempt in range(1, self.attempts + 1):
-            response = self.http.request(method, f"{self.base_url}/api/v2{path}", timeout=self.timeout, **kwargs)
-            if response.status_code < 500 or attempt == self.attempts:
-                break
+            try:
+                response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+            except (requests.Timeout, requests.ConnectionError) as error:
+                if attempt == self.attempts:
+                    raise AirflowError(method, path, 0, f"no answer after {attempt} attempts: {error}") from error
+            else:
+                if response.status_code < 500 or attempt == self.attempts:
+                    break
             time.sleep(self.backoff * attempt)
         if response.status_code >= 400:
             raise AirflowError(method, path, response.status_code, response.text)
@@ -62,9 +75,11 @@ class AirflowAPI:
         """Wait until the DAG processor has parsed the DAG."""
         deadline = time.monotonic() + timeout
         while True:
-            response = self.http.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=self.timeout)
-            if response.status_code == 200:
-                return
+            try:
+                if self.http.get(f"{self.base_url}/api/v2/dags/{dag_id}", timeout=self.timeout).status_code == 200:
+                    return
+            except (requests.Timeout, requests.ConnectionError):
+                pass  # busy or restarting: ask again until the deadline
             if time.monotonic() > deadline:
                 raise TimeoutError(f"DAG {dag_id} did not appear in Airflow within {timeout:.0f}s")
             time.sleep(2)

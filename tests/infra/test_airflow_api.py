@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+import requests
 
 from infra.airflow_api import AirflowAPI, AirflowError
+from infra.airflow_sqlite import BUSY_TIMEOUT_SECONDS
 
 
 class Reply:
@@ -81,3 +83,38 @@ def test_a_trigger_that_conflicts_with_an_unknown_run_is_an_error():
     api, _ = client(Reply(409, "already exists"), Reply(404, "not found"))
     with pytest.raises(AirflowError, match="404"):
         api.trigger("rollup", *WINDOW)
+
+
+class Silence(Reply):
+    """A call the server never answered in time."""
+
+    def __init__(self):
+        super().__init__(0)
+
+
+class SilentHTTP(ScriptedHTTP):
+    def request(self, method, url, **kwargs):
+        reply = super().request(method, url, **kwargs)
+        if isinstance(reply, Silence):
+            raise requests.ReadTimeout("read timed out")
+        return reply
+
+
+def test_a_call_that_times_out_is_repeated_until_it_is_answered():
+    http = SilentHTTP([Silence(), Reply(200, "{}")])
+    api = AirflowAPI("http://airflow", "admin", "admin", attempts=3, backoff=0, http=http)
+    api.set_paused("rollup", True)
+    assert http.requests == [("PATCH", "/dags/rollup"), ("PATCH", "/dags/rollup")]
+
+
+def test_a_call_never_answered_is_an_error_that_says_so():
+    http = SilentHTTP([Silence()] * 3)
+    api = AirflowAPI("http://airflow", "admin", "admin", attempts=3, backoff=0, http=http)
+    with pytest.raises(AirflowError, match="no answer after 3 attempts"):
+        api.set_paused("rollup", True)
+    assert len(http.requests) == 3
+
+
+def test_the_client_waits_longer_than_the_metadata_database_waits_for_its_lock():
+    api, _ = client()
+    assert api.timeout > BUSY_TIMEOUT_SECONDS
