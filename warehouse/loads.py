@@ -22,6 +22,12 @@ WRITE_LOCK = threading.Lock()
 _SUMS = ", ".join(f"sum({c})::BIGINT AS {c}" for c in COUNT_COLUMNS)
 _COUNTS = ", ".join(COUNT_COLUMNS)
 _MINUTE_COLUMNS = f"minute_at, ad_id, advertiser_id, {_COUNTS}, unique_users"
+_ROLLUPS = {"hour": ("fct_clicks_hour", "hour_at"), "day": ("fct_clicks_day", "day_at")}
+# An interval's distinct hashed users per (hour, ad): days are derived from hours.
+_INTERVAL_USERS = (
+    "SELECT DISTINCT date_trunc('hour', minute_at) AS hour_at, ad_id, user_hash "
+    "FROM stg_clicks_minute_users WHERE minute_at >= ? AND minute_at < ?"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +126,8 @@ def replace_interval(
         "ORDER BY advertiser_id, ad_id, minute_at",
         [minute_files],
     ).fetchone()[0]
+    # The interval's users before and after: the hour and day unique users move by the difference.
+    cur.execute(f"CREATE TEMP TABLE users_before AS {_INTERVAL_USERS}", [start, end])
     cur.execute("DELETE FROM stg_clicks_minute_users WHERE minute_at >= ? AND minute_at < ?", [start, end])
     users = cur.execute(
         "INSERT INTO stg_clicks_minute_users SELECT minute_at, ad_id, user_hash FROM read_parquet(?) "
@@ -137,8 +145,9 @@ def replace_interval(
                 last_seen_at = greatest(dim_ads.last_seen_at, excluded.last_seen_at)""",
         [minute_files],
     )
-    hours = refresh_rollup(cur, "hour", _floor(start, "hour"), _ceil(end, "hour"))
-    days = refresh_rollup(cur, "day", _floor(start, "day"), _ceil(end, "day"))
+    cur.execute(f"CREATE TEMP TABLE users_after AS {_INTERVAL_USERS}", [start, end])
+    hours = refresh_rollup(cur, "hour", start, end)
+    days = refresh_rollup(cur, "day", start, end)
     watermark = advance(cur, ROLLUP_PIPELINE, start, end) if advance_watermark else None
     cur.execute(
         "INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, ?, ?, now()::TIMESTAMP)",
@@ -150,37 +159,65 @@ def replace_interval(
             ON CONFLICT (hour_at) DO UPDATE SET loads = meta_load_hours.loads + 1, last_load_id = excluded.last_load_id""",
         [start, end, load_id],
     )
-    cur.execute("DROP TABLE touched")
+    for table in ("touched", "users_before", "users_after"):
+        cur.execute(f"DROP TABLE {table}")
     return LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)
 
 
 def refresh_rollup(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, end: datetime) -> int:
-    """Recompute the touched ads' hour or day rows in [start, end) from the minutes; return rows written."""
-    table, grain = ("fct_clicks_hour", "hour_at") if unit == "hour" else ("fct_clicks_day", "day_at")
+    """Rewrite the touched ads' hour or day rows around the load [start, end); return rows written.
+
+    Counts are summed from the grain below (minutes for an hour, the just-refreshed hours for a day).
+    Unique users are not additive, and recounting a day's distinct users at every load costs a pass
+    over the whole day's users. So each row's count moves instead by the users the load added or
+    removed (``users_after`` against ``users_before``), leaving out those the period also holds
+    outside the interval: a probe of the period's users for those few keys, not a recount.
+    """
+    table, grain = _ROLLUPS[unit]
+    source, source_grain = ("fct_clicks_minute", "minute_at") if unit == "hour" else _ROLLUPS["hour"]
+    period = (_floor(start, unit), _ceil(end, unit))
     cur.execute(
-        f"DELETE FROM {table} WHERE {grain} >= ? AND {grain} < ? AND ad_id IN (SELECT ad_id FROM touched)",
-        [start, end],
-    )
-    return cur.execute(
-        f"""INSERT INTO {table}
-            WITH sums AS (
-                SELECT date_trunc('{unit}', minute_at) AS {grain}, ad_id, any_value(advertiser_id) AS advertiser_id,
+        f"""CREATE TEMP TABLE refreshed AS
+            WITH before AS (SELECT DISTINCT date_trunc('{unit}', hour_at) AS {grain}, ad_id, user_hash FROM users_before),
+            after AS (SELECT DISTINCT date_trunc('{unit}', hour_at) AS {grain}, ad_id, user_hash FROM users_after),
+            changed AS (
+                SELECT *, 1 AS change FROM (FROM after EXCEPT FROM before)
+                UNION ALL
+                SELECT *, -1 AS change FROM (FROM before EXCEPT FROM after)
+            ), elsewhere AS (
+                SELECT DISTINCT date_trunc('{unit}', u.minute_at) AS {grain}, u.ad_id, u.user_hash
+                FROM stg_clicks_minute_users u SEMI JOIN changed c USING (ad_id, user_hash)
+                WHERE u.minute_at >= $period_start AND u.minute_at < $period_end
+                  AND (u.minute_at < $start OR u.minute_at >= $end)
+            ), moved AS (
+                SELECT {grain}, ad_id, sum(change) AS moved
+                FROM changed ANTI JOIN elsewhere USING ({grain}, ad_id, user_hash)
+                GROUP BY ALL
+            ), sums AS (
+                SELECT date_trunc('{unit}', {source_grain}) AS {grain}, ad_id, any_value(advertiser_id) AS advertiser_id,
                        {_SUMS}
-                FROM fct_clicks_minute
-                WHERE minute_at >= ? AND minute_at < ? AND ad_id IN (SELECT ad_id FROM touched)
+                FROM {source}
+                WHERE {source_grain} >= $period_start AND {source_grain} < $period_end
+                  AND ad_id IN (SELECT ad_id FROM touched)
                 GROUP BY ALL
-            ), users AS (
-                SELECT date_trunc('{unit}', minute_at) AS {grain}, ad_id, count(DISTINCT user_hash) AS unique_users
-                FROM stg_clicks_minute_users
-                WHERE minute_at >= ? AND minute_at < ? AND ad_id IN (SELECT ad_id FROM touched)
-                GROUP BY ALL
+            ), previous AS (
+                SELECT {grain}, ad_id, unique_users FROM {table}
+                WHERE {grain} >= $period_start AND {grain} < $period_end AND ad_id IN (SELECT ad_id FROM touched)
             )
             SELECT sums.{grain}, sums.ad_id, sums.advertiser_id, {_COUNTS},
-                   coalesce(users.unique_users, 0), now()::TIMESTAMP
-            FROM sums LEFT JOIN users USING ({grain}, ad_id)
-            ORDER BY sums.advertiser_id, sums.ad_id, sums.{grain}""",
-        [start, end, start, end],
+                   (coalesce(previous.unique_users, 0) + coalesce(moved.moved, 0))::BIGINT AS unique_users,
+                   now()::TIMESTAMP AS loaded_at
+            FROM sums LEFT JOIN previous USING ({grain}, ad_id) LEFT JOIN moved USING ({grain}, ad_id)""",
+        {"start": start, "end": end, "period_start": period[0], "period_end": period[1]},
+    )
+    cur.execute(
+        f"DELETE FROM {table} WHERE {grain} >= ? AND {grain} < ? AND ad_id IN (SELECT ad_id FROM touched)", list(period)
+    )
+    written = cur.execute(
+        f"INSERT INTO {table} SELECT * FROM refreshed ORDER BY advertiser_id, ad_id, {grain}"
     ).fetchone()[0]
+    cur.execute("DROP TABLE refreshed")
+    return written
 
 
 def advance(cur: duckdb.DuckDBPyConnection, pipeline: str, start: datetime, end: datetime) -> datetime:

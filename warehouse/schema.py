@@ -51,7 +51,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             _fact_table("fct_clicks_hour", "hour_at"),
             _fact_table("fct_clicks_day", "day_at"),
             # Hashed users behind each (ad, minute)'s billable clicks: hour and day unique users
-            # are exact distinct counts over these rows (kept for STG_USERS_RETENTION_DAYS).
+            # are exact distinct counts over these rows (kept as long as the minute facts).
             """
 CREATE TABLE stg_clicks_minute_users (
     minute_at TIMESTAMP NOT NULL,

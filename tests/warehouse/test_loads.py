@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
@@ -268,6 +269,31 @@ def test_an_ad_dropped_by_a_reload_loses_or_recomputes_its_hour_and_day_rows(con
     days = rows(con, "SELECT day_at, ad_id, billable_clicks FROM fct_clicks_day ORDER BY ALL")
     assert hours == [(at(0), "ad-1", 1), (at(0), "ad-2", 4)]
     assert days == [(to_day(T0), "ad-1", 1), (to_day(T0), "ad-2", 4)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hour_and_day_rows_equal_a_recount_after_any_sequence_of_reloads(con, load, seed):
+    """Unique users move by each load's difference; after reloads that add, change and drop users and
+    ads across an hour and a day boundary, every hour and day row equals a recount from scratch."""
+    rng = random.Random(seed)
+    night = MIDNIGHT - timedelta(minutes=70)
+    for _ in range(25):
+        start = night + timedelta(minutes=rng.randrange(0, 140))
+        end = start + timedelta(minutes=rng.randrange(1, 15))
+        minutes, users = [], []
+        for minute in range(int((end - start).total_seconds() // 60)):
+            minute_at = start + timedelta(minutes=minute)
+            for ad_id in rng.sample(["ad-1", "ad-2", "ad-3"], rng.randrange(0, 3)):
+                hashes = rng.sample(range(8), rng.randrange(1, 4))
+                minutes.append(minute_row(minute_at, ad_id, billable=len(hashes) + rng.randrange(2), users=len(hashes)))
+                users += [(minute_at, ad_id, user_hash) for user_hash in hashes]
+        load(start, end, minutes, users)
+
+    all_minutes = minute_facts(con)
+    all_users = rows(con, "SELECT * FROM stg_clicks_minute_users")
+    assert rollup(con, "fct_clicks_hour") == expected_rollup(all_minutes, all_users, to_hour)
+    assert rollup(con, "fct_clicks_day") == expected_rollup(all_minutes, all_users, to_day)
+    assert len(rollup(con, "fct_clicks_day")) > 3
 
 
 # Watermark, dim_ads, meta_loads
