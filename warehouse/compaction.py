@@ -5,6 +5,10 @@ thousand small runs across the file and a month of it touches tens of thousands 
 Rewritten sorted, one ad's day is a few adjacent rows that the zone maps find directly. The same
 day's hashed users and its hour and day rows (rewritten by every load that touched their ads) are
 sorted the same way. Everything happens in one transaction: readers see the old day or the new one.
+
+Loads move hour and day unique users by each interval's difference (warehouse/loads.py). Once the
+day is closed, compaction recounts them from the day's hashed users, corrects any row that differs
+and says how many it corrected, so a count can never drift for longer than a day unnoticed.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import date, datetime, timedelta
 
 import duckdb
 
-from warehouse.loads import WRITE_LOCK, watermark
+from warehouse.loads import ROLLUP_TABLES, WRITE_LOCK, watermark
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ class CompactionResult:
     user_rows: int
     hour_rows: int
     day_rows: int
+    unique_users_corrected: int
     seconds: float
 
     def as_dict(self) -> dict:
@@ -62,6 +67,31 @@ def _rewrite(cur: duckdb.DuckDBPyConnection, table: str, select: str, order: str
     return inserted
 
 
+def _recount_unique_users(cur: duckdb.DuckDBPyConnection, table: str, grain: str, start: datetime,
+                          end: datetime) -> int:
+    """Set the day's hour or day rows' unique users to an exact recount; return the rows that differed."""
+    unit = grain.removesuffix("_at")
+    cur.execute(
+        f"""CREATE TEMP TABLE recounted AS
+            SELECT r.{grain}, r.ad_id, coalesce(u.users, 0) AS users
+            FROM {table} r LEFT JOIN (
+                SELECT date_trunc('{unit}', minute_at) AS {grain}, ad_id, count(DISTINCT user_hash) AS users
+                FROM stg_clicks_minute_users WHERE minute_at >= $start AND minute_at < $end GROUP BY ALL
+            ) u USING ({grain}, ad_id)
+            WHERE r.{grain} >= $start AND r.{grain} < $end AND r.unique_users <> coalesce(u.users, 0)""",
+        {"start": start, "end": end},
+    )
+    corrected = cur.execute(
+        f"""UPDATE {table} SET unique_users = recounted.users FROM recounted
+            WHERE {table}.{grain} = recounted.{grain} AND {table}.ad_id = recounted.ad_id"""
+    ).fetchone()[0]
+    cur.execute("DROP TABLE recounted")
+    if corrected:
+        log.warning("%s: %d rows of %s had unique users that differed from a recount: corrected",
+                    table, corrected, start.date())
+    return corrected
+
+
 def compact_day(con: duckdb.DuckDBPyConnection, day: date) -> CompactionResult:
     """Rewrite ``day`` (UTC) of fct_clicks_minute, its users, hours and day sorted by advertiser and ad."""
     start = datetime(day.year, day.month, day.day)
@@ -76,6 +106,7 @@ def compact_day(con: duckdb.DuckDBPyConnection, day: date) -> CompactionResult:
             if complete_through is None or complete_through < end:
                 raise DayNotClosed(f"{day} is not closed: the minute rollup is complete through {complete_through} "
                                    f"and must reach {end} first")
+            corrected = sum(_recount_unique_users(cur, table, grain, start, end) for table, grain in ROLLUP_TABLES.values())
             counts = {}
             for table, grain, order in _TABLES:
                 counts[table] = _rewrite(cur, table, f"SELECT * FROM {table}", order,
@@ -94,6 +125,6 @@ def compact_day(con: duckdb.DuckDBPyConnection, day: date) -> CompactionResult:
         finally:
             cur.close()
     result = CompactionResult(day, counts["fct_clicks_minute"], counts["users"], counts["fct_clicks_hour"],
-                              counts["fct_clicks_day"], round(time.monotonic() - began, 3))
+                              counts["fct_clicks_day"], corrected, round(time.monotonic() - began, 3))
     log.info("compacted %s", result.as_dict())
     return result

@@ -22,7 +22,7 @@ WRITE_LOCK = threading.Lock()
 _SUMS = ", ".join(f"sum({c})::BIGINT AS {c}" for c in COUNT_COLUMNS)
 _COUNTS = ", ".join(COUNT_COLUMNS)
 _MINUTE_COLUMNS = f"minute_at, ad_id, advertiser_id, {_COUNTS}, unique_users"
-_ROLLUPS = {"hour": ("fct_clicks_hour", "hour_at"), "day": ("fct_clicks_day", "day_at")}
+ROLLUP_TABLES = {"hour": ("fct_clicks_hour", "hour_at"), "day": ("fct_clicks_day", "day_at")}
 # An interval's distinct hashed users per (hour, ad): days are derived from hours.
 _INTERVAL_USERS = (
     "SELECT DISTINCT date_trunc('hour', minute_at) AS hour_at, ad_id, user_hash "
@@ -173,8 +173,8 @@ def refresh_rollup(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, e
     removed (``users_after`` against ``users_before``), leaving out those the period also holds
     outside the interval: a probe of the period's users for those few keys, not a recount.
     """
-    table, grain = _ROLLUPS[unit]
-    source, source_grain = ("fct_clicks_minute", "minute_at") if unit == "hour" else _ROLLUPS["hour"]
+    table, grain = ROLLUP_TABLES[unit]
+    source, source_grain = ("fct_clicks_minute", "minute_at") if unit == "hour" else ROLLUP_TABLES["hour"]
     period = (_floor(start, unit), _ceil(end, unit))
     cur.execute(
         f"""CREATE TEMP TABLE refreshed AS

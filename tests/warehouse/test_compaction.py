@@ -111,13 +111,32 @@ def test_compacting_a_day_keeps_every_row_and_sorts_it_by_advertiser_ad_and_time
 
     assert response.status_code == 200
     body = response.get_json()
-    assert {k: body[k] for k in ("day", "minute_rows", "user_rows", "hour_rows", "day_rows")} == {
-        "day": "2026-01-01", "minute_rows": 96, "user_rows": 192, "hour_rows": 96, "day_rows": 4}
+    counted = ("day", "minute_rows", "user_rows", "hour_rows", "day_rows", "unique_users_corrected")
+    assert {k: body[k] for k in counted} == {
+        "day": "2026-01-01", "minute_rows": 96, "user_rows": 192, "hour_rows": 96, "day_rows": 4,
+        "unique_users_corrected": 0}
     assert everything(con) == before
     for table in SORT_KEYS:
         assert is_sorted(con, table, DAY), table
     ads = [row[1] for row in stored_order(con, "stg_clicks_minute_users", DAY)]
     assert ads == ["ad-2"] * 48 + ["ad-3"] * 48 + ["ad-1"] * 48 + ["ad-4"] * 48  # adv-1's ads, then adv-2's
+
+
+def test_compaction_corrects_hour_and_day_unique_users_that_differ_from_a_recount(app):
+    con = app.extensions["warehouse"]
+    unique_users = "SELECT {grain}, ad_id, unique_users FROM {table} ORDER BY ALL"
+    before = {t: con.execute(unique_users.format(table=t, grain=g)).fetchall() for t, g in loads.ROLLUP_TABLES.values()}
+    con.execute("UPDATE fct_clicks_hour SET unique_users = 99 WHERE ad_id = 'ad-2' AND hour_at = ?", [T0])
+    con.execute("UPDATE fct_clicks_day SET unique_users = 0 WHERE ad_id = 'ad-4' AND day_at = ?", [T0])
+    con.execute("UPDATE fct_clicks_day SET unique_users = 7 WHERE ad_id = 'ad-4' AND day_at = ?", [T0 + timedelta(days=1)])
+
+    result = compaction.compact_day(con, DAY)
+
+    assert result.unique_users_corrected == 2
+    after = {t: con.execute(unique_users.format(table=t, grain=g)).fetchall() for t, g in loads.ROLLUP_TABLES.values()}
+    assert after["fct_clicks_hour"] == before["fct_clicks_hour"]
+    assert [r for r in after["fct_clicks_day"] if r[0] == T0] == [r for r in before["fct_clicks_day"] if r[0] == T0]
+    assert (T0 + timedelta(days=1), "ad-4", 7) in after["fct_clicks_day"]  # another day: not compaction's
 
 
 def test_compaction_leaves_other_days_where_they_were(app):
