@@ -12,7 +12,8 @@
    Every billable click is a distinct user, so unique_users = billable_clicks at every grain.
 2. Serve it with the real service: gunicorn -c warehouse/gunicorn_conf.py on its own port.
 3. Loop real loads (POST /internal/loads/clicks-minute, replacing the last 11 minutes, as a
-   scheduled run with its lookback does) for the whole measurement.
+   scheduled run with its lookback does) for the whole measurement. Two versions of the window
+   alternate, without and with its newest minute, so every load adds or removes a minute's rows.
 4. Measure the scenarios with CLIENTS concurrent clients, before compaction (arrival order: the
    two targets only, briefly), then compact every day through POST /internal/compactions/clicks-minute,
    then measure every scenario again.
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -217,23 +219,32 @@ class Builder:
             FROM l ORDER BY advertiser_id, ad_id""", [day])
 
 
-def stage_load(path: Path, folder: Path, end: datetime) -> dict:
-    """Write the last LOAD_WINDOW of the minute rows and users where a rollup job would; return the load body."""
+def stage_loads(path: Path, folder: Path, end: datetime) -> list[dict]:
+    """Stage the last LOAD_WINDOW twice where a rollup job would: without its newest minute, and whole.
+
+    The loop alternates the two, so each load adds or removes one minute of rows and users, as a
+    scheduled run adds its newest minute (reloading identical rows would understate the load's work).
+    Returns the two load bodies, each with its row count.
+    """
     shutil.rmtree(folder, ignore_errors=True)
-    (folder / "minute").mkdir(parents=True)
-    (folder / "users").mkdir(parents=True)
     start = end - LOAD_WINDOW
     con = connect(str(path), read_only=True)
     minute_cols = ("minute_at, ad_id, advertiser_id, billable_clicks, duplicate_clicks, expired_clicks, invalid_clicks, "
                    "invalid_head_clicks, invalid_prefetch_clicks, invalid_bot_clicks, unique_users")
-    bounds = f"minute_at >= '{start}' AND minute_at < '{end}'"  # constants of this script, not input
-    con.execute(f"COPY (SELECT {minute_cols} FROM fct_clicks_minute WHERE {bounds}) "
-                f"TO '{folder / 'minute' / 'part-0.parquet'}' (FORMAT parquet)")
-    con.execute(f"COPY (SELECT minute_at, ad_id, user_hash FROM stg_clicks_minute_users WHERE {bounds}) "
-                f"TO '{folder / 'users' / 'part-0.parquet'}' (FORMAT parquet)")
-    rows = con.execute(f"SELECT count(*) FROM fct_clicks_minute WHERE {bounds}").fetchone()[0]
+    bodies = []
+    for name, upto in (("without-newest-minute", end - timedelta(minutes=1)), ("whole", end)):
+        out = folder / name
+        (out / "minute").mkdir(parents=True)
+        (out / "users").mkdir(parents=True)
+        bounds = f"minute_at >= '{start}' AND minute_at < '{upto}'"  # constants of this script, not input
+        con.execute(f"COPY (SELECT {minute_cols} FROM fct_clicks_minute WHERE {bounds}) "
+                    f"TO '{out / 'minute' / 'part-0.parquet'}' (FORMAT parquet)")
+        con.execute(f"COPY (SELECT minute_at, ad_id, user_hash FROM stg_clicks_minute_users WHERE {bounds}) "
+                    f"TO '{out / 'users' / 'part-0.parquet'}' (FORMAT parquet)")
+        rows = con.execute(f"SELECT count(*) FROM fct_clicks_minute WHERE {bounds}").fetchone()[0]
+        bodies.append({"start": start.isoformat() + "Z", "end": end.isoformat() + "Z", "output": str(out), "rows": rows})
     con.close()
-    return {"start": start.isoformat() + "Z", "end": end.isoformat() + "Z", "output": str(folder), "rows": rows}
+    return bodies
 
 
 def pick_ads(path: Path, args) -> dict:
@@ -316,21 +327,22 @@ class Service:
 
 
 class LoadLoop:
-    """Real loads of the last window, back to back (or every ``every_s``), in a thread of their own."""
+    """Real loads of the last window, back to back (or every ``every_s``), in a thread of their own,
+    taking the staged bodies in turn."""
 
-    def __init__(self, service: Service, body: dict, every_s: float):
-        self.service, self.body, self.every_s = service, body, every_s
+    def __init__(self, service: Service, bodies: list[dict], every_s: float):
+        self.service, self.bodies, self.every_s = service, bodies, every_s
         self.durations: list[float] = []
         self.errors: list[str] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        body = {k: v for k, v in self.body.items() if k != "rows"}
+        bodies = itertools.cycle([{k: v for k, v in body.items() if k != "rows"} for body in self.bodies])
         while not self.stopping.is_set():
             began = time.monotonic()
             try:
-                self.service.admin("/internal/loads/clicks-minute", body, timeout=900)
+                self.service.admin("/internal/loads/clicks-minute", next(bodies), timeout=900)
                 self.durations.append(time.monotonic() - began)
             except (RuntimeError, requests.RequestException) as error:
                 self.errors.append(str(error)[:200])
@@ -516,10 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    built in {record['build']['seconds']['total']}s: {record['build']['file_bytes'] / 2**30:.2f} GiB",
               flush=True)
     end = FIRST_DAY + timedelta(days=args.days)
-    load_body = stage_load(path, path.parent / "load", end)
+    load_bodies = stage_loads(path, path.parent / "load", end)
     picked = pick_ads(path, args)
     record["data"] = {"hot_ad": picked["hot"], "bench_advertiser_ads": picked["bench_advertiser_ads"],
-                      "load_window_rows": load_body["rows"]}
+                      "load_window_rows": [body["rows"] for body in load_bodies]}
 
     log = path.parent / "service.log"
     port, token = free_port(args.port), os.urandom(16).hex()
@@ -532,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if before:
                 before(service)
-            with LoadLoop(service, load_body, args.load_every) as loop:
+            with LoadLoop(service, load_bodies, args.load_every) as loop:
                 results[name] = [measure(service, n, plan[n], seconds, clients, max_requests) for n in chosen]
             results[f"{name}_loads"] = loop.summary()
         finally:
