@@ -185,10 +185,14 @@ def refresh_rollup(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, e
                 UNION ALL
                 SELECT *, -1 AS change FROM (FROM before EXCEPT FROM after)
             ), elsewhere AS (
+                -- Matched on the hash alone first: a join on (ad_id, user_hash) reads every row's ad_id.
                 SELECT DISTINCT date_trunc('{unit}', u.minute_at) AS {grain}, u.ad_id, u.user_hash
-                FROM stg_clicks_minute_users u SEMI JOIN changed c USING (ad_id, user_hash)
-                WHERE u.minute_at >= $period_start AND u.minute_at < $period_end
-                  AND (u.minute_at < $start OR u.minute_at >= $end)
+                FROM (
+                    SELECT minute_at, ad_id, user_hash FROM stg_clicks_minute_users
+                    SEMI JOIN (SELECT DISTINCT user_hash FROM changed) USING (user_hash)
+                    WHERE minute_at >= $period_start AND minute_at < $period_end
+                      AND (minute_at < $start OR minute_at >= $end)
+                ) u SEMI JOIN changed USING (ad_id, user_hash)
             ), moved AS (
                 SELECT {grain}, ad_id, sum(change) AS moved
                 FROM changed ANTI JOIN elsewhere USING ({grain}, ad_id, user_hash)
