@@ -328,6 +328,14 @@ def test_dim_ads_keeps_the_earliest_first_seen_and_latest_last_seen(con, load):
     assert rows(con, "SELECT * FROM dim_ads") == [("ad-1", "adv-new", at(-59), at(3))]
 
 
+def test_dim_ads_takes_a_new_owner_even_when_the_seen_bounds_do_not_move(con, load):
+    load(at(0), at(5), [minute_row(at(1), billable=1, advertiser_id="adv-a"), minute_row(at(3), billable=1, advertiser_id="adv-a")])
+
+    load(at(0), at(5), [minute_row(at(2), billable=1, advertiser_id="adv-b")])
+
+    assert rows(con, "SELECT * FROM dim_ads") == [("ad-1", "adv-b", at(1), at(3))]
+
+
 def test_meta_loads_records_every_load(con, load):
     first = load(at(0), at(5), [minute_row(at(1)), minute_row(at(2))])
     second = load(at(0), at(5), [minute_row(at(3))])
