@@ -67,10 +67,9 @@ def _rewrite(cur: duckdb.DuckDBPyConnection, table: str, select: str, order: str
     return inserted
 
 
-def _recount_unique_users(cur: duckdb.DuckDBPyConnection, table: str, grain: str, start: datetime,
-                          end: datetime) -> int:
+def _recount_unique_users(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, end: datetime) -> int:
     """Set the day's hour or day rows' unique users to an exact recount; return the rows that differed."""
-    unit = grain.removesuffix("_at")
+    table, grain = ROLLUP_TABLES[unit]
     cur.execute(
         f"""CREATE TEMP TABLE recounted AS
             SELECT r.{grain}, r.ad_id, coalesce(u.users, 0) AS users
@@ -106,7 +105,7 @@ def compact_day(con: duckdb.DuckDBPyConnection, day: date) -> CompactionResult:
             if complete_through is None or complete_through < end:
                 raise DayNotClosed(f"{day} is not closed: the minute rollup is complete through {complete_through} "
                                    f"and must reach {end} first")
-            corrected = sum(_recount_unique_users(cur, table, grain, start, end) for table, grain in ROLLUP_TABLES.values())
+            corrected = sum(_recount_unique_users(cur, unit, start, end) for unit in ROLLUP_TABLES)
             counts = {}
             for table, grain, order in _TABLES:
                 counts[table] = _rewrite(cur, table, f"SELECT * FROM {table}", order,
