@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import duckdb
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from warehouse import compaction, openapi
+from warehouse import batch, compaction, openapi
 from warehouse.loads import ROLLUP_PIPELINE
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -923,7 +923,7 @@ def _series(scope: Scope, head: dict):
         "row_count": count,
     }
     if query.as_csv:
-        text = (",".join(columns) + "\n").encode() + b"".join(body + b"\n" for body in bodies)
+        pieces = joined((",".join(columns) + "\n").encode(), bodies, b"\n", b"\n" if bodies else b"")
         headers = {
             "X-Complete-Through": status["complete_through"] or "",
             "X-Range-Complete": str(status["range_complete"]).lower(),
@@ -932,9 +932,23 @@ def _series(scope: Scope, head: dict):
             "X-Sources": ",".join(sources),
             "Vary": "Accept",
         }
-        return Response(text, mimetype="text/csv", headers=headers)
-    text = json.dumps(meta)[:-1].encode() + b', "rows": [' + b",".join(bodies) + b"]}"
-    return Response(text, mimetype="application/json", headers={"Vary": "Accept"})
+        return Response(pieces, mimetype="text/csv", headers=headers)
+    pieces = joined(json.dumps(meta)[:-1].encode() + b', "rows": [', bodies, b",", b"]}")
+    return Response(pieces, mimetype="application/json", headers={"Vary": "Accept"})
+
+
+def joined(head: bytes, bodies: list[bytes], separator: bytes, tail: bytes) -> list[bytes]:
+    """head, the bodies separated, then tail, as pieces of about a body each, sent one after another.
+
+    A 30-day minute series is megabytes: one bytes object of it is memory the allocator takes from
+    the kernel and gives back on every request. Each piece here carries a separator or the head or
+    the tail with its body (gunicorn writes each piece with its own send).
+    """
+    if not bodies:
+        return [head + tail]
+    pieces = [head + bodies[0]] + [separator + body for body in bodies[1:]]
+    pieces[-1] += tail
+    return pieces
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1010,7 +1024,7 @@ def compact_clicks_minute():
     except ValueError:
         return _error(400, 'send JSON like {"day": "2026-01-01"} (a UTC day)')
     try:
-        result = compaction.compact_day(_con(), day)
+        result = batch.run_in_app(compaction.compact_day, _con(), day)
     except compaction.DayNotClosed as error:
         return _error(409, str(error))
     except duckdb.TransactionException as error:
