@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from warehouse import reconcile
+from warehouse import batch, reconcile
 
 bp = Blueprint("reconcile", __name__)
 
@@ -55,8 +55,8 @@ def reconcile_clicks_hour():
         threshold = body.get("drift_threshold", reconcile.DEFAULT_DRIFT_THRESHOLD)
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
             raise ValueError("'drift_threshold' must be a number")
-        report = reconcile.reconcile_hour(
-            _con(), hour, f"{output}/minute/*.parquet", f"{output}/users/*.parquet", float(threshold), _context(body)
+        report = batch.run_in_app(
+            reconcile.reconcile_hour, _con(), hour, f"{output}/minute/*.parquet", f"{output}/users/*.parquet", float(threshold), _context(body)
         )
     except (ValueError, duckdb.IOException, duckdb.InvalidInputException) as error:
         return _error(400, str(error))

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import duckdb
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from warehouse import checks, connect, loads, schema
+from warehouse import batch, checks, connect, loads, schema
 from warehouse.api import bp as api_bp
 from warehouse.api import internal_bp as api_internal_bp
 from warehouse.reconcile_api import bp as reconcile_bp
@@ -32,8 +32,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(
             WAREHOUSE_PATH=os.environ.get("WAREHOUSE_PATH", ".local/warehouse/clickagg.duckdb"),
             ADMIN_TOKEN=os.environ.get("WAREHOUSE_ADMIN_TOKEN", ""),
-            THREADS=int(os.environ.get("WAREHOUSE_THREADS", "2")),
+            THREADS=int(os.environ.get("WAREHOUSE_THREADS", "1")),
             SQL_ROW_LIMIT=int(os.environ.get("WAREHOUSE_SQL_ROW_LIMIT", "10000")),
+            BATCH_NICE=int(os.environ.get("WAREHOUSE_BATCH_NICE", str(batch.DEFAULT_NICE))),
         )
     else:
         app.config.update(test_config)
@@ -43,6 +44,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if applied:
         log.info("warehouse migrations applied: %s", applied)
     app.extensions["warehouse"] = con
+    app.extensions["batch"] = batch.BatchThread(app.config.get("BATCH_NICE", batch.DEFAULT_NICE))
     app.register_blueprint(bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(api_internal_bp)
@@ -93,8 +95,8 @@ def load_clicks_minute():
         output = body.get("output")
         if not isinstance(output, str) or not output:
             raise ValueError("'output' (the rollup job's output folder) is required")
-        result = loads.load_clicks_minute(
-            _con(), f"{output}/minute/*.parquet", f"{output}/users/*.parquet", start, end,
+        result = batch.run_in_app(
+            loads.load_clicks_minute, _con(), f"{output}/minute/*.parquet", f"{output}/users/*.parquet", start, end,
             advance_watermark=bool(body.get("advance_watermark", True)),
         )
     except (ValueError, duckdb.IOException, duckdb.InvalidInputException) as error:
@@ -111,7 +113,7 @@ def run_checks():
         end = _instant(body, "end") if "end" in body else None
     except ValueError as error:
         return _error(400, str(error))
-    failures = checks.run_checks(_con(), start, end)
+    failures = batch.run_in_app(checks.run_checks, _con(), start, end)
     return jsonify(passed=not failures, failures=failures)
 
 

@@ -286,11 +286,13 @@ def free_port(preferred: int) -> int:
 class Service:
     """The real warehouse service (gunicorn, warehouse/gunicorn_conf.py) on the benchmark's file and port."""
 
-    def __init__(self, path: Path, port: int, log: Path, threads: int, token: str, cache_mb: int | None):
+    def __init__(self, path: Path, port: int, log: Path, threads: int | None, token: str, cache_mb: int | None):
         self.token = token
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "WAREHOUSE_PATH": str(path), "WAREHOUSE_PORT": str(port),
-               "WAREHOUSE_ADMIN_TOKEN": self.token, "WAREHOUSE_THREADS": str(threads), "LOG_LEVEL": "warning"}
+               "WAREHOUSE_ADMIN_TOKEN": self.token, "LOG_LEVEL": "warning"}
+        if threads:
+            env["WAREHOUSE_THREADS"] = str(threads)
         if cache_mb is not None:
             env["BENCH_CHUNK_CACHE_MB"] = str(cache_mb)
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))
@@ -484,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before-seconds", type=float, default=20, help="per target scenario before compaction")
     parser.add_argument("--load-every", type=float, default=0, help="seconds between load starts (0: back to back)")
     parser.add_argument("--sample-ads", type=int, default=50, help="ads drawn by popularity for the zipf scenario")
-    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads, for the build and the service")
+    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads of the build")
+    parser.add_argument("--service-threads", type=int, default=None,
+                        help="DuckDB threads of the service (default: its own, WAREHOUSE_THREADS or 1)")
     parser.add_argument("--memory-limit", default="6GB", help="DuckDB memory limit of the build")
     parser.add_argument("--path", default=str(REPO / ".local" / "bench" / "query" / "warehouse.duckdb"))
     parser.add_argument("--reuse", action="store_true", help="serve an already built --path (same parameters)")
@@ -539,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def phase(name: str, cache_mb: int | None, chosen: list[str], clients: int, seconds: float,
               max_requests: int | None, before=None) -> None:
-        service = Service(path, port, log, args.threads, token, cache_mb)
+        service = Service(path, port, log, args.service_threads, token, cache_mb)
         print(f"==> {name}: served at {service.url} (log {log}), {clients} clients, loads running", flush=True)
         try:
             if before:
@@ -567,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {answer['day']}: {answer['minute_rows']:,} minute rows in {answer['seconds']}s", flush=True)
 
     # The keys must exist before the scenarios are built: issue them on a first, short-lived start.
-    bootstrap = Service(path, port, log, args.threads, token, 0)
+    bootstrap = Service(path, port, log, args.service_threads, token, 0)
     try:
         issue_keys(bootstrap)
     finally:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from datetime import datetime, timedelta
 
 import duckdb
 import pytest
 
-from warehouse import connect, schema
+from warehouse import checks, connect, loads, schema
 from warehouse.server import create_app
 
 TOKEN = "t"
@@ -56,6 +58,7 @@ def make_client(tmp_path):
 
     yield make
     for app in apps:
+        app.extensions["batch"].shutdown()
         app.extensions["warehouse"].close()
 
 
@@ -114,6 +117,33 @@ def test_a_valid_load_replaces_the_interval_and_reports_it(client, tmp_path):
     }
     rows = sql(client, "SELECT minute_at, ad_id, billable_clicks, unique_users FROM fct_clicks_minute").get_json()
     assert rows["rows"] == [["2026-01-01T10:01:00", "ad-1", 2, 2]]
+
+
+def test_loads_and_checks_run_on_the_batch_thread_at_a_lower_priority(make_client, tmp_path, monkeypatch):
+    seen = {}
+
+    def recorded(name, work):
+        def run(*args, **kwargs):
+            seen[name] = (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, 0))
+            return work(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(loads, "load_clicks_minute", recorded("load", loads.load_clicks_minute))
+    monkeypatch.setattr(checks, "run_checks", recorded("checks", checks.run_checks))
+    client = make_client(BATCH_NICE=4)
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+
+    loaded = client.post("/internal/loads/clicks-minute", json={**INTERVAL, "output": stage(tmp_path / "out")},
+                         headers=AUTH)
+    checked = client.post("/internal/checks", json={}, headers=AUTH)
+
+    assert (loaded.status_code, checked.status_code) == (200, 200)
+    assert loaded.get_json()["rows_inserted"] == 1
+    for name in ("load", "checks"):
+        thread, nice = seen[name]
+        assert thread.startswith("warehouse-batch")
+        assert nice == min(19, here + 4)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here
 
 
 def test_a_load_can_leave_the_watermark_alone(client, tmp_path):
