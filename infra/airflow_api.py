@@ -36,12 +36,10 @@ class AirflowAPI:
     ):
         self.base_url = base_url.rstrip("/")
         self.http = http or requests.Session()
-        self.timeout = timeout
+        self.timeout = timeout  # every call, the login too
         self.attempts = attempts
         self.backoff = backoff
-        response = self.http.post(
-            f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=timeout
-        )
+        response = self._send("POST", "/auth/token", json={"username": username, "password": password})
         if response.status_code >= 400:
             raise RuntimeError(f"Airflow login as {username!r} failed: {response.status_code} {response.text[:200]}")
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
@@ -53,20 +51,25 @@ class AirflowAPI:
         Every call this client makes is safe to repeat: reads, pausing, clearing, and triggers that
         carry their own run ID (see ``trigger`` for the repeat that finds its run already created).
         """
-        url = f"{self.base_url}/api/v2{path}"
+        response = self._send(method, f"/api/v2{path}", **kwargs)
+        if response.status_code >= 400:
+            raise AirflowError(method, path, response.status_code, response.text)
+        return response.json() if response.content else {}
+
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+        """The response to ``method path``, repeated on 5xx, a timeout or a dropped connection; the
+        last attempt's response whatever its status, or AirflowError if none answered."""
         for attempt in range(1, self.attempts + 1):
             try:
-                response = self.http.request(method, url, timeout=self.timeout, **kwargs)
+                response = self.http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             except (requests.Timeout, requests.ConnectionError) as error:
                 if attempt == self.attempts:
                     raise AirflowError(method, path, 0, f"no answer after {attempt} attempts: {error}") from error
             else:
                 if response.status_code < 500 or attempt == self.attempts:
-                    break
+                    return response
             time.sleep(self.backoff * attempt)
-        if response.status_code >= 400:
-            raise AirflowError(method, path, response.status_code, response.text)
-        return response.json() if response.content else {}
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})

@@ -12,7 +12,8 @@ from infra.airflow_sqlite import BUSY_TIMEOUT_SECONDS
 
 
 class Reply:
-    def __init__(self, status: int, body: str = "{}"):
+    def __init__(self, status: int, body: str = "{}", login: bool = False):
+        self.login = login  # scripted for the login's POST /auth/token, not for a later call
         self.status_code = status
         self.text = body
         self.content = body.encode()
@@ -30,12 +31,15 @@ class ScriptedHTTP:
         self.replies = list(replies)
         self.headers: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
-
-    def post(self, url, **kwargs):
-        return Reply(200, '{"access_token": "t"}')
+        self.logins = 0
 
     def request(self, method, url, **kwargs):
-        self.requests.append((method, url.split("/api/v2", 1)[1]))
+        path = url.removeprefix("http://airflow")
+        if path == "/auth/token":
+            self.logins += 1
+            scripted = self.replies and self.replies[0].login
+            return self.replies.pop(0) if scripted else Reply(200, '{"access_token": "t"}')
+        self.requests.append((method, path.removeprefix("/api/v2")))
         return self.replies.pop(0)
 
 
@@ -88,8 +92,8 @@ def test_a_trigger_that_conflicts_with_an_unknown_run_is_an_error():
 class Silence(Reply):
     """A call the server never answered in time."""
 
-    def __init__(self):
-        super().__init__(0)
+    def __init__(self, login: bool = False):
+        super().__init__(0, login=login)
 
 
 class SilentHTTP(ScriptedHTTP):
@@ -118,3 +122,20 @@ def test_a_call_never_answered_is_an_error_that_says_so():
 def test_the_client_waits_longer_than_the_metadata_database_waits_for_its_lock():
     api, _ = client()
     assert api.timeout > BUSY_TIMEOUT_SECONDS
+
+
+def test_a_login_the_server_does_not_answer_in_time_is_repeated():
+    http = SilentHTTP([Silence(login=True), Reply(503, "busy", login=True),
+                       Reply(200, '{"access_token": "t2"}', login=True)])
+
+    api = AirflowAPI("http://airflow", "admin", "admin", attempts=3, backoff=0, http=http)
+
+    assert http.logins == 3
+    assert api.http.headers["Authorization"] == "Bearer t2"
+
+
+def test_a_refused_login_says_so_without_repeating():
+    http = ScriptedHTTP([Reply(401, "bad credentials", login=True)])
+    with pytest.raises(RuntimeError, match="login as 'admin' failed: 401"):
+        AirflowAPI("http://airflow", "admin", "admin", attempts=3, backoff=0, http=http)
+    assert http.logins == 1
