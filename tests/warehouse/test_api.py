@@ -288,6 +288,28 @@ def test_csv_and_json_carry_the_same_rows(shared):
     assert by_param.headers["X-Complete-Through"] == as_json["completeness"]["complete_through"]
 
 
+@pytest.mark.parametrize(("bodies", "separator", "tail", "whole"), [
+    ([], b",", b"]}", b'{"rows": []}'),
+    ([b"[1]"], b",", b"]}", b'{"rows": [[1]]}'),
+    ([b"[1]", b"[2],[3]", b"[4]"], b",", b"]}", b'{"rows": [[1],[2],[3],[4]]}'),
+])
+def test_joined_pieces_make_the_whole_body_with_nothing_sent_alone(bodies, separator, tail, whole):
+    pieces = api.joined(b'{"rows": [', bodies, separator, tail)
+
+    assert b"".join(pieces) == whole
+    assert len(pieces) == max(1, len(bodies))
+
+
+def test_a_long_series_says_its_length_and_sends_all_of_it(shared):
+    client, key_a, _, _ = shared
+    params = {"granularity": "minute", "from": "2026-03-07", "to": "2026-03-10"}
+
+    response = series(client, key_a, "/v1/advertisers/adv-A/series", **params)
+
+    assert int(response.headers["Content-Length"]) == len(response.data)
+    assert len(response.get_json()["rows"]) == response.get_json()["row_count"] > 0
+
+
 def test_csv_quotes_an_ad_id_with_a_comma(fresh):
     client, key_a, con = fresh
     con.execute("INSERT INTO fct_clicks_minute SELECT minute_at, 'ad,\"x\"', advertiser_id, * EXCLUDE "
