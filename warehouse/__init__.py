@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import duckdb
 
+# DuckDB threads of the warehouse service (WAREHOUSE_THREADS): one, so that each statement runs on
+# the thread that issued it, at that thread's CPU priority (see warehouse/batch.py).
+DEFAULT_THREADS = 1
+
 
 def connect(path: str, read_only: bool = False, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse file, creating its folder, with UTC as the time zone of every cursor.

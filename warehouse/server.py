@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import duckdb
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from warehouse import batch, checks, connect, loads, schema
+from warehouse import DEFAULT_THREADS, batch, checks, connect, loads, schema
 from warehouse.api import bp as api_bp
 from warehouse.api import internal_bp as api_internal_bp
 from warehouse.reconcile_api import bp as reconcile_bp
@@ -32,7 +32,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(
             WAREHOUSE_PATH=os.environ.get("WAREHOUSE_PATH", ".local/warehouse/clickagg.duckdb"),
             ADMIN_TOKEN=os.environ.get("WAREHOUSE_ADMIN_TOKEN", ""),
-            THREADS=int(os.environ.get("WAREHOUSE_THREADS", "1")),
+            THREADS=int(os.environ.get("WAREHOUSE_THREADS", DEFAULT_THREADS)),
             SQL_ROW_LIMIT=int(os.environ.get("WAREHOUSE_SQL_ROW_LIMIT", "10000")),
             BATCH_NICE=int(os.environ.get("WAREHOUSE_BATCH_NICE", str(batch.DEFAULT_NICE))),
         )
