@@ -30,6 +30,7 @@ class Windows:
     dump_retention: int = 400 * DAY
     rollup_lateness: int = 20
     rollup_lookback: int = 10 * MINUTE
+    clock_skew: int = 10
 
     ENV = {
         "token_lifetime": "CLICK_TOKEN_LIFETIME_S",
@@ -39,6 +40,7 @@ class Windows:
         "dump_retention": "DUMP_RETENTION_S",
         "rollup_lateness": "ROLLUP_LATENESS_S",
         "rollup_lookback": "ROLLUP_LOOKBACK_S",
+        "clock_skew": "CLICK_CLOCK_SKEW_S",
     }
 
     @classmethod

@@ -22,7 +22,7 @@ import sys
 from datetime import datetime, timedelta
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -38,8 +38,6 @@ RAW_COLUMNS = [
 ]
 # Raw columns no step after transform_billable reads: left out of its shuffle.
 NOT_AFTER_LABELLING = ["user_id", "fingerprint", "issued_at", "shard", "referrer"]
-# Allowance for the minting server's clock running ahead of the click server's.
-CLOCK_SKEW = timedelta(minutes=2)
 MINUTE_COLUMNS = [
     "minute_at", "ad_id", "advertiser_id", "billable_clicks", "duplicate_clicks", "expired_clicks",
     "invalid_clicks", "invalid_head_clicks", "invalid_prefetch_clicks", "invalid_bot_clicks", "unique_users",
@@ -70,7 +68,19 @@ def cassandra_table(spark: SparkSession, keyspace: str, table: str) -> DataFrame
     return spark.read.format(CASSANDRA).options(keyspace=keyspace, table=table, directJoinSetting="on").load()
 
 
-def extract(spark: SparkSession, keyspace: str, start: datetime, end: datetime, shards: int):
+def may_have_clicks_before(start: datetime, clock_skew: timedelta) -> Column:
+    """True for a click whose impression may have been clicked before ``start``.
+
+    An impression's clicks all come after it was issued, by the click server's clock. The issue
+    time comes from the minting server's clock, which may run ahead by up to ``clock_skew``: an
+    impression stamped before ``start + clock_skew`` may have been issued, and clicked, before
+    ``start``. One stamped later cannot have been.
+    """
+    return F.col("issued_at") < F.lit(start + clock_skew)
+
+
+def extract(spark: SparkSession, keyspace: str, start: datetime, end: datetime, shards: int,
+            clock_skew: timedelta):
     """The interval's raw clicks, and every click of the impressions they belong to."""
     raw = cassandra_table(spark, keyspace, "raw_clicks")
     # Persisted right after the join: the connector's direct join fails ("Couldn't find none#0")
@@ -81,12 +91,11 @@ def extract(spark: SparkSession, keyspace: str, start: datetime, end: datetime, 
         .select(*RAW_COLUMNS)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    # An impression's clicks all come after it was issued: if it was issued inside the window, every
-    # earlier click of it is in ``clicks`` already. Only the others are looked up, one partition each.
-    issued_before_window = F.col("issued_at") < F.lit(start - CLOCK_SKEW)
+    # If an impression was issued inside the window, every earlier click of it is in ``clicks``
+    # already. Only the others are looked up, one partition each.
     by_impression = cassandra_table(spark, keyspace, "clicks_by_impression")
     impression_clicks = (
-        clicks.where(issued_before_window)
+        clicks.where(may_have_clicks_before(start, clock_skew))
         .select("impression_id")
         .distinct()
         .join(by_impression, on="impression_id", how="inner")
@@ -179,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = build_session("fct_clicks_minute", os.environ, args.master)
     try:
-        clicks, impression_clicks = extract(spark, args.keyspace, args.start, args.end, args.shards)
+        clicks, impression_clicks = extract(spark, args.keyspace, args.start, args.end, args.shards,
+                                            timedelta(seconds=args.clock_skew_s))
         labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)
         load(transform_minute_facts(labelled), transform_minute_users(labelled), args.output)
         # The summary comes from the small output, not from another pass over the raw clicks (at 3M

@@ -6,7 +6,8 @@
 Reads the hour's dump in full, checks it against its manifest (row count and checksum), and from
 the dumps of the hours before it within the duplicate horizon (RECONCILE_DUPLICATE_HORIZON_S)
 reads only the columns that decide billing, so a repeat of an earlier hour's impression is not
-billed again. Labels and aggregates with the minute rollup's own transforms and writes the same
+billed again. Of those hours, only the ones after the earliest issue time of the hour's
+impressions are read: no click of them can be older. Labels and aggregates with the minute rollup's own transforms and writes the same
 two Parquet datasets (``minute``, ``users``) plus ``summary.json``: the dump's statistics and the
 clicks that reached Cassandra too late for any minute rollup (after ROLLUP_LOOKBACK_S and
 ROLLUP_LATENESS_S), which this recompute counts in their own minute.
@@ -22,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pyspark import StorageLevel
@@ -33,10 +34,10 @@ from pyspark.sql import types as T
 from spark_jobs import raw_dumps
 from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, row_hash, stats_of
 from spark_jobs.fct_clicks_minute import (
-    CLOCK_SKEW,
     DUPLICATE,
     VALID,
     load,
+    may_have_clicks_before,
     transform_billable,
     transform_minute_facts,
     transform_minute_users,
@@ -51,11 +52,33 @@ IMPRESSION_SCHEMA = T.StructType([
 ])
 # Each hour row's row_hash(), carried through the labelling so the checksum needs no pass of its own.
 ROW_HASH = "_row_hash"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def read_dump(spark: SparkSession, store: raw_dumps.DumpStore, manifest: raw_dumps.Manifest) -> DataFrame:
     """Exactly the files the manifest lists (never whatever else lies under the hour)."""
     return spark.read.parquet(*[store.url(key, "s3a") for key, _ in manifest.files])
+
+
+def earliest_issue(hour_clicks: DataFrame, hour_start: datetime, clock_skew: timedelta) -> datetime | None:
+    """The earliest issue time (UTC) of the hour's impressions that may have been clicked before it;
+    None when there are none. One pass over the hour's issued_at column."""
+    row = hour_clicks.where(may_have_clicks_before(hour_start, clock_skew)).agg(
+        F.unix_micros(F.min("issued_at")).alias("micros")).first()
+    return None if row["micros"] is None else EPOCH + timedelta(microseconds=row["micros"])
+
+
+def hours_reached(earlier: list[raw_dumps.Manifest], earliest: datetime | None,
+                  clock_skew: timedelta) -> list[raw_dumps.Manifest]:
+    """The earlier hours that can hold a click of an impression issued at ``earliest`` or later.
+
+    A click comes after its impression was issued, and the issue time may run ahead of the click
+    server's clock by ``clock_skew``. The hours of the horizon ending before that are not read:
+    with impressions clicked within minutes, as most are, only the hour before is.
+    """
+    if earliest is None:
+        return []
+    return [manifest for manifest in earlier if manifest.hour_end > earliest - clock_skew]
 
 
 def extract(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, earlier: list[raw_dumps.Manifest]):
@@ -85,7 +108,8 @@ def verify(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Mani
     return stats
 
 
-def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame, hour_start: datetime, horizon_s: int):
+def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame, hour_start: datetime, horizon_s: int,
+                               clock_skew: timedelta):
     """transform_billable's inputs: the hour's clicks, and the earlier clicks (within the horizon) of
     its impressions that were issued before the hour.
 
@@ -97,8 +121,7 @@ def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame
     clicked_at = F.col("clicked_at")
     is_in_horizon = (clicked_at >= F.lit(hour_start - timedelta(seconds=horizon_s))) & (clicked_at < F.lit(hour_start))
     is_eligible = F.col("status").isin(VALID, DUPLICATE)
-    issued_before_hour = F.col("issued_at") < F.lit(hour_start - CLOCK_SKEW)
-    looked_up = clicks.where(issued_before_hour).select("impression_id").distinct()
+    looked_up = clicks.where(may_have_clicks_before(hour_start, clock_skew)).select("impression_id").distinct()
     impression_clicks = (
         earlier_clicks.where(is_in_horizon & is_eligible)
         .join(looked_up, on="impression_id", how="left_semi")
@@ -146,16 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     store = raw_dumps.DumpStore(raw_dumps.s3_client(os.environ), args.bucket, args.root)
     try:
         hour = store.require_manifest(args.start)
-        earlier = [store.require_manifest(h) for h in raw_dumps.horizon_hours(args.start, args.horizon_s)]
-        for manifest in [*earlier, hour]:
+        horizon = [store.require_manifest(h) for h in raw_dumps.horizon_hours(args.start, args.horizon_s)]
+        for manifest in [*horizon, hour]:
             store.check_files(manifest)
     except (raw_dumps.DumpMissing, raw_dumps.DumpMismatch) as error:
         return _fail(args.output, error)
 
+    clock_skew = timedelta(seconds=args.clock_skew_s)
     spark = build_session("reconcile_clicks", os.environ, args.master)
     try:
+        earlier = hours_reached(horizon, earliest_issue(read_dump(spark, store, hour), args.start, clock_skew), clock_skew)
         hour_clicks, earlier_clicks = extract(spark, store, hour, earlier)
-        clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s)
+        clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s,
+                                                               clock_skew)
         labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)
         # The check reads the hour once, with the labelling, and comes before anything is written.
         try:
@@ -167,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "hour": args.start.isoformat(),
             "rows": hour.row_count,
-            "earlier_hours": [m.hour_start.isoformat() for m in earlier],
+            "horizon_hours": [m.hour_start.isoformat() for m in horizon],
+            "earlier_hours": [m.hour_start.isoformat() for m in earlier],  # those of the horizon read
             "earlier_rows": sum(m.row_count for m in earlier),
             "dump_run_id": hour.run_id,
             "checksum": hour.checksum,

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
+from click_api.windows import Windows
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,9 @@ def window_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--start", required=True, type=parse_utc, help="interval start (inclusive), ISO-8601 UTC")
     parser.add_argument("--end", required=True, type=parse_utc, help="interval end (exclusive), ISO-8601 UTC")
+    parser.add_argument("--clock-skew-s", type=int, default=Windows.from_env(os.environ).clock_skew,
+                        help="how far the minting server's clock may run ahead of the click server's "
+                             "(CLICK_CLOCK_SKEW_S)")
     return parser
 
 

@@ -93,10 +93,10 @@ def generate_clicks(spark, clicks: int, ads: int, start: datetime, minutes: int,
 
 def batch(args) -> dict:
     sys.path.insert(0, str(REPO))
-    from pyspark.sql import functions as F
 
     from click_api.storage import connect, migrate
-    from spark_jobs.fct_clicks_minute import CLOCK_SKEW
+    from click_api.windows import Windows
+    from spark_jobs.fct_clicks_minute import may_have_clicks_before
     from spark_jobs.session import build_session
     from warehouse import connect as warehouse_connect
     from warehouse import loads, schema
@@ -123,9 +123,10 @@ def batch(args) -> dict:
               "spark.cassandra.output.ignoreNulls": "true",
               "spark.cassandra.output.consistency.level": "ONE"}
     clicks.write.format("org.apache.spark.sql.cassandra").options(table="raw_clicks", **writer).mode("append").save()
-    # clicks_by_impression gets the rows the job can look up: those of impressions issued before
-    # the window less the job's clock skew (spark_jobs/fct_clicks_minute.py); the job never reads others.
-    looked_up = clicks.where(F.col("issued_at") < F.lit(start - CLOCK_SKEW)).select("impression_id").distinct()
+    # clicks_by_impression gets the rows the job can look up: those of impressions that may have
+    # been clicked before the window (spark_jobs/fct_clicks_minute.py); the job never reads others.
+    clock_skew = timedelta(seconds=Windows.from_env(os.environ).clock_skew)
+    looked_up = clicks.where(may_have_clicks_before(start, clock_skew)).select("impression_id").distinct()
     clicks.join(looked_up, "impression_id").select("impression_id", "clicked_at", "click_id", "status").write.format(
         "org.apache.spark.sql.cassandra").options(table="clicks_by_impression", **writer).mode("append").save()
     lookups = looked_up.count()

@@ -11,6 +11,7 @@ from spark_jobs.fct_clicks_minute import (
     MINUTE_COLUMNS,
     RAW_COLUMNS,
     USER_COLUMNS,
+    may_have_clicks_before,
     minutes_between,
     partition_keys,
     transform_billable,
@@ -272,3 +273,13 @@ def test_minute_users_are_the_distinct_users_of_billable_clicks(spark):
         (at(0), "ad-1", h["u2"]),
         (at(1), "ad-1", h["u1"]),
     }
+
+
+def test_impressions_stamped_before_the_window_start_plus_the_clock_skew_may_have_earlier_clicks(spark):
+    skew = timedelta(seconds=10)
+    issued = [at(-30), at(0, -1), at(0), at(0, 9), at(0, 10), at(1)]
+    frame = spark.createDataFrame([(moment,) for moment in issued], "issued_at timestamp")
+
+    flagged = [row["issued_at"] for row in frame.where(may_have_clicks_before(T0, skew)).collect()]
+
+    assert flagged == [at(-30), at(0, -1), at(0), at(0, 9)]

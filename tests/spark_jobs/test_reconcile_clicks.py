@@ -11,7 +11,9 @@ from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, stats_of
 from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_facts
 from spark_jobs.reconcile_clicks import (
     IMPRESSION_COLUMNS,
+    earliest_issue,
     hour_stats,
+    hours_reached,
     transform_late_clicks,
     transform_recompute_inputs,
     verify,
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.spark
 
 H10 = datetime(2026, 1, 1, 10, 0)
 HORIZON_S = 3 * 3600
+SKEW = timedelta(seconds=10)
 
 
 def at(minutes: int, seconds: int = 0) -> datetime:
@@ -51,7 +54,7 @@ def dump_df(spark, rows: list[tuple]):
 
 def recompute(spark, hour_rows: list[tuple], earlier_rows: list[tuple], horizon_s: int = HORIZON_S):
     earlier = dump_df(spark, earlier_rows).select(*IMPRESSION_COLUMNS)
-    clicks, impression_clicks = transform_recompute_inputs(dump_df(spark, hour_rows), earlier, H10, horizon_s)
+    clicks, impression_clicks = transform_recompute_inputs(dump_df(spark, hour_rows), earlier, H10, horizon_s, SKEW)
     return transform_billable(clicks, impression_clicks)
 
 
@@ -115,12 +118,54 @@ def test_only_the_hours_impressions_issued_before_it_are_looked_up_in_the_earlie
     hour = [dumped("c-repeat", "imp-1", at(5), issued_at=at(-11)),
             dumped("c-issued-late", "imp-2", at(5))]  # issued at 10:04: an earlier click of it is impossible
     clicks, impression_clicks = transform_recompute_inputs(
-        dump_df(spark, hour), dump_df(spark, earlier).select(*IMPRESSION_COLUMNS), H10, HORIZON_S,
+        dump_df(spark, hour), dump_df(spark, earlier).select(*IMPRESSION_COLUMNS), H10, HORIZON_S, SKEW,
     )
 
     assert [(r["impression_id"], r["click_id"]) for r in impression_clicks.collect()] == [("imp-1", "c-first")]
     assert impression_clicks.columns == IMPRESSION_COLUMNS
     assert sorted(r["click_id"] for r in clicks.collect()) == ["c-issued-late", "c-repeat"]
+
+
+def test_a_repeat_of_an_impression_issued_just_before_the_hour_is_not_billed_again(spark):
+    earlier = [dumped("c-first", "imp-1", at(0, -20), issued_at=at(0, -30))]
+    hour = [dumped("c-repeat", "imp-1", at(0, 15), issued_at=at(0, -30))]
+
+    assert billable_by_click(recompute(spark, hour, earlier)) == {"c-repeat": False}
+
+
+def test_an_impression_stamped_within_the_clock_skew_after_the_hour_began_is_looked_up(spark):
+    # The minting server's clock ran 8 s ahead: the impression really was issued, and clicked, before 10:00.
+    earlier = [dumped("c-first", "imp-1", at(0, -2), issued_at=at(0, 5))]
+    hour = [dumped("c-repeat", "imp-1", at(0, 20), issued_at=at(0, 5))]
+
+    assert billable_by_click(recompute(spark, hour, earlier)) == {"c-repeat": False}
+
+
+def manifest_of(hour_start: datetime) -> raw_dumps.Manifest:
+    start = hour_start.replace(tzinfo=timezone.utc)
+    return raw_dumps.Manifest(start, "r1", "p", (), 0, None, None, "", tuple(DUMP_COLUMNS), start)
+
+
+def test_only_the_earlier_hours_after_the_earliest_issue_time_are_read():
+    horizon = [manifest_of(H10 - timedelta(hours=n)) for n in (3, 2, 1)]
+    utc = timezone.utc
+
+    def reached(earliest):
+        return [m.hour_start.hour for m in hours_reached(horizon, earliest, SKEW)]
+
+    assert reached(None) == []
+    assert reached(at(-20).replace(tzinfo=utc)) == [9]
+    assert reached(at(-60).replace(tzinfo=utc)) == [8, 9]  # its clicks may come 10 s before 09:00, by the skew
+    assert reached(at(-60, 10).replace(tzinfo=utc)) == [9]
+    assert reached(at(-500).replace(tzinfo=utc)) == [7, 8, 9]
+
+
+def test_the_earliest_issue_time_is_of_the_impressions_that_may_have_earlier_clicks(spark):
+    hour = [dumped("c1", "imp-1", at(5), issued_at=at(-42, 30)), dumped("c2", "imp-2", at(6), issued_at=at(-3)),
+            dumped("c3", "imp-3", at(7), issued_at=at(2))]
+
+    assert earliest_issue(dump_df(spark, hour), H10, SKEW) == at(-42, 30).replace(tzinfo=timezone.utc)
+    assert earliest_issue(dump_df(spark, hour[2:]), H10, SKEW) is None
 
 
 def test_an_earlier_click_beyond_the_horizon_is_not_looked_at(spark):
