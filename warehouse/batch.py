@@ -3,8 +3,8 @@
 The warehouse service answers advertisers and runs the scheduler's loads on the same cores. A
 request asks for milliseconds of CPU and a person waits for it; a load asks for seconds and the
 next scheduled run is a minute away. So batch work runs on a thread of its own whose nice value
-is raised once, when it starts: the kernel then gives a request's thread the core first, and the
-load takes whatever the requests leave.
+is raised once, when it starts: the kernel then gives a request's thread most of a contended
+core, and the load mostly runs on what the requests leave.
 
 On Linux, nice is a property of the thread, not of the process: raising it here leaves the HTTP
 threads at the process's own priority. An unprivileged thread cannot lower its nice value again,
