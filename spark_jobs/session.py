@@ -22,11 +22,18 @@ def parse_utc(text: str) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
+def _seconds(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {value}")
+    return value
+
+
 def window_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--start", required=True, type=parse_utc, help="interval start (inclusive), ISO-8601 UTC")
     parser.add_argument("--end", required=True, type=parse_utc, help="interval end (exclusive), ISO-8601 UTC")
-    parser.add_argument("--clock-skew-s", type=int, default=Windows.from_env(os.environ).clock_skew,
+    parser.add_argument("--clock-skew-s", type=_seconds, default=Windows.from_env(os.environ).clock_skew,
                         help="how far the minting server's clock may run ahead of the click server's "
                              "(CLICK_CLOCK_SKEW_S)")
     return parser

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -46,9 +48,14 @@ class BatchThread:
     def _lower_priority(self) -> None:
         if self.nice <= 0:
             return
+        if not sys.platform.startswith("linux"):
+            # Elsewhere the nice value belongs to the whole process: the requests would lose priority too.
+            log.warning("batch work keeps the service's CPU priority: per-thread nice values need Linux")
+            return
+        thread = threading.get_native_id()
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
-        except (AttributeError, OSError) as error:  # not Linux, or not allowed: run at the usual priority
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + self.nice)
+        except OSError as error:  # not allowed: run at the usual priority
             log.warning("batch work keeps the service's CPU priority: %s", error)
 
     def run(self, work: Callable[..., T], *args, **kwargs) -> T:

@@ -72,7 +72,7 @@ def record_failed_reconciliation():
         detail = body.get("detail")
         if not isinstance(detail, str) or not detail.strip():
             raise ValueError("'detail' (what failed) is required")
-        report = reconcile.record_failure(_con(), hour, detail.strip(), _context(body))
+        report = batch.run_in_app(reconcile.record_failure, _con(), hour, detail.strip(), _context(body))
     except ValueError as error:
         return _error(400, str(error))
     return jsonify(report.as_dict())

@@ -223,14 +223,16 @@ def run(args) -> dict:
     schema.migrate(con)
     minute_files, user_files = f"{work}/full/minute/*.parquet", f"{work}/full/users/*.parquet"
     batch = BatchThread(int(os.environ.get("WAREHOUSE_BATCH_NICE", DEFAULT_NICE)))
-    started = time.monotonic()
-    repair = batch.run(reconcile.reconcile_hour, con, hour, minute_files, user_files, 1.0, summary)
-    repair_s = time.monotonic() - started
-    started = time.monotonic()
-    again = batch.run(reconcile.reconcile_hour, con, hour, minute_files, user_files, 1.0, summary)
-    batch.shutdown()
-    compare_s = time.monotonic() - started
-    con.close()
+    try:
+        started = time.monotonic()
+        repair = batch.run(reconcile.reconcile_hour, con, hour, minute_files, user_files, 1.0, summary)
+        repair_s = time.monotonic() - started
+        started = time.monotonic()
+        again = batch.run(reconcile.reconcile_hour, con, hour, minute_files, user_files, 1.0, summary)
+        compare_s = time.monotonic() - started
+    finally:
+        batch.shutdown()
+        con.close()
     print(f"    repair {repair_s:.2f}s ({repair.cells_differed:,} cells), compare only {compare_s:.2f}s ({again.status})")
 
     if not args.keep:

@@ -164,6 +164,17 @@ def test_the_job_accepts_the_rendered_window(dag):
     assert (minutes[0], len(minutes)) == (INTERVAL_START - timedelta(minutes=10), 11)
 
 
+def test_the_jobs_take_the_clock_skew_from_the_environment_and_refuse_a_negative_one(monkeypatch, capsys):
+    monkeypatch.setenv("CLICK_CLOCK_SKEW_S", "7")
+    window = ["--start", "2026-01-01T10:00", "--end", "2026-01-01T10:05"]
+
+    assert window_parser("rollup").parse_args(window).clock_skew_s == 7
+    assert window_parser("rollup").parse_args([*window, "--clock-skew-s", "0"]).clock_skew_s == 0
+    with pytest.raises(SystemExit):
+        window_parser("rollup").parse_args([*window, "--clock-skew-s", "-5"])
+    assert "must be 0 or more seconds, got -5" in capsys.readouterr().err
+
+
 # The tasks' calls to the warehouse
 
 
