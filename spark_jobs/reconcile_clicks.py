@@ -7,10 +7,11 @@ Reads the hour's dump in full, checks it against its manifest (row count and che
 the dumps of the hours before it within the duplicate horizon (RECONCILE_DUPLICATE_HORIZON_S)
 reads only the columns that decide billing, so a repeat of an earlier hour's impression is not
 billed again. Of those hours, only the ones after the earliest issue time of the hour's
-impressions are read: no click of them can be older. Labels and aggregates with the minute rollup's own transforms and writes the same
-two Parquet datasets (``minute``, ``users``) plus ``summary.json``: the dump's statistics and the
-clicks that reached Cassandra too late for any minute rollup (after ROLLUP_LOOKBACK_S and
-ROLLUP_LATENESS_S), which this recompute counts in their own minute.
+impressions are read: no click of them can be older. Labels and aggregates with the minute
+rollup's own transforms and writes the same two Parquet datasets (``minute``, ``users``) plus
+``summary.json``: the dump's statistics and the clicks that reached Cassandra too late for any
+minute rollup (after ROLLUP_LOOKBACK_S and ROLLUP_LATENESS_S), which this recompute counts in
+their own minute.
 
 A missing dump, or one that does not match its manifest, fails the job with a message saying so
 (also written to ``<output>/_FAILED``).
@@ -81,13 +82,12 @@ def hours_reached(earlier: list[raw_dumps.Manifest], earliest: datetime | None,
     return [manifest for manifest in earlier if manifest.hour_end > earliest - clock_skew]
 
 
-def extract(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, earlier: list[raw_dumps.Manifest]):
-    """The hour's dumped clicks (every column), and the billing columns of the earlier hours' dumps."""
-    hour_clicks = read_dump(spark, store, hour)
+def extract_earlier(spark: SparkSession, store: raw_dumps.DumpStore, earlier: list[raw_dumps.Manifest]) -> DataFrame:
+    """The billing columns of the earlier hours' dumps."""
     earlier_clicks = spark.createDataFrame([], IMPRESSION_SCHEMA)
     for manifest in earlier:
         earlier_clicks = earlier_clicks.unionByName(read_dump(spark, store, manifest).select(*IMPRESSION_COLUMNS))
-    return hour_clicks, earlier_clicks
+    return earlier_clicks
 
 
 def hour_stats(labelled: DataFrame) -> dict:
@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     clock_skew = timedelta(seconds=args.clock_skew_s)
     spark = build_session("reconcile_clicks", os.environ, args.master)
     try:
-        earlier = hours_reached(horizon, earliest_issue(read_dump(spark, store, hour), args.start, clock_skew), clock_skew)
-        hour_clicks, earlier_clicks = extract(spark, store, hour, earlier)
+        hour_clicks = read_dump(spark, store, hour)
+        earlier = hours_reached(horizon, earliest_issue(hour_clicks, args.start, clock_skew), clock_skew)
+        earlier_clicks = extract_earlier(spark, store, earlier)
         clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s,
                                                                clock_skew)
         labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)

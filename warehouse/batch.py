@@ -62,10 +62,6 @@ class BatchThread:
         """Run ``work`` on the batch thread and return its result (or raise its exception) here."""
         return self._executor.submit(work, *args, **kwargs).result()
 
-    def priority(self) -> int:
-        """The batch thread's nice value, as the kernel reports it (starts the thread if needed)."""
-        return self.run(os.getpriority, os.PRIO_PROCESS, 0)
-
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
 

@@ -39,7 +39,7 @@ def test_work_runs_on_the_batch_thread_at_the_raised_nice_value(make_batch):
 
 
 def test_a_nice_of_zero_leaves_the_priority_alone(make_batch):
-    assert make_batch(0).priority() == nice_here()
+    assert make_batch(0).run(nice_here) == nice_here()
 
 
 def test_the_result_and_the_exception_of_the_work_reach_the_caller(make_batch):
