@@ -4,7 +4,7 @@ SHELL := /bin/bash
 INFRA := infra
 PY := source infra/env.sh && PYTHONPATH=$(CURDIR) $$VENV/bin/python
 
-.PHONY: help install up down status run demo test test-unit test-integration lint sql backfill lock
+.PHONY: help install up down status run demo test test-unit test-integration ui-check lint sql backfill lock
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ test: up ## Install, start the services and run every test (unit, integration, e
 
 test-unit: ## Unit tests only: no services needed
 	@$(PY) -m pytest -q -m "not integration and not e2e" tests
+
+ui-check: ## Open Airflow's UI in headless Chromium: print the newest rollup run's state, save a screenshot
+	@$(INFRA)/install.sh browser
+	@$(PY) -m infra.airflow_ui $(UI_ARGS)
 
 lint: ## Ruff over the code
 	@source infra/env.sh && $$VENV/bin/ruff check .

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 
 import requests
@@ -23,7 +25,17 @@ class AirflowError(RuntimeError):
         self.status = status
 
 
+def login_from_env(env: Mapping[str, str] = os.environ) -> tuple[str, str, str]:
+    """The project's Airflow (base URL, user, password), from the variables ``infra/env.sh`` sets."""
+    return (f"http://127.0.0.1:{env.get('AIRFLOW_PORT', '18080')}", env.get("AIRFLOW_USER", "admin"),
+            env.get("AIRFLOW_PASSWORD", "admin"))
+
+
 class AirflowAPI:
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> AirflowAPI:
+        return cls(*login_from_env(env))
+
     def __init__(
         self,
         base_url: str,
@@ -115,6 +127,11 @@ class AirflowAPI:
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
+    def newest_run(self, dag_id: str) -> str | None:
+        """The run ID of the DAG's newest run (by the time it runs after), or None when it has none."""
+        body = self._call("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 1})
+        return body["dag_runs"][0]["dag_run_id"] if body["dag_runs"] else None
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         body = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
@@ -138,17 +155,12 @@ class AirflowAPI:
 def main(argv: list[str] | None = None) -> int:
     """``python -m infra.airflow_api pause|unpause DAG_ID``: wait for the DAG to be parsed, then (un)pause it."""
     import argparse
-    import os
 
     parser = argparse.ArgumentParser(prog="python -m infra.airflow_api")
     parser.add_argument("action", choices=["pause", "unpause"])
     parser.add_argument("dag_id")
     args = parser.parse_args(argv)
-    api = AirflowAPI(
-        f"http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '18080')}",
-        os.environ.get("AIRFLOW_USER", "admin"),
-        os.environ.get("AIRFLOW_PASSWORD", "admin"),
-    )
+    api = AirflowAPI.from_env()
     api.wait_for_dag(args.dag_id)
     api.set_paused(args.dag_id, args.action == "pause")
     print(f"{args.dag_id}: {args.action}d")

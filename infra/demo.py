@@ -84,7 +84,7 @@ def main() -> int:
     end = minute_floor(datetime.now(timezone.utc)) + timedelta(minutes=1)
 
     step(f"asking Airflow to run rollup_clicks_minute for [{start:%H:%M}, {end:%H:%M}) UTC")
-    airflow = AirflowAPI(airflow_url, os.environ.get("AIRFLOW_USER", "admin"), os.environ.get("AIRFLOW_PASSWORD", "admin"))
+    airflow = AirflowAPI.from_env()
     airflow.wait_for_dag("rollup_clicks_minute")
     airflow.set_paused("rollup_clicks_minute", False)
     airflow.wait_for_dag("reconcile_clicks_hourly")

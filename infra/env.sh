@@ -13,6 +13,8 @@ export RUN_DIR="$STATE_DIR/run"
 # Cassandra 5.0 and Spark 3.5 both need Java 17; a newer JDK on the machine must never be picked.
 export JAVA_HOME="${CLICKAGG_JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}"
 export PATH="$VENV/bin:$JAVA_HOME/bin:$PATH"
+# Debian's Chromium, driven headless to check what Airflow's UI shows (infra/airflow_ui.py).
+export CLICKAGG_CHROMIUM="${CLICKAGG_CHROMIUM:-/usr/bin/chromium}"
 
 export CASSANDRA_HOST="${CASSANDRA_HOST:-127.0.0.1}"
 export CASSANDRA_PORT="${CASSANDRA_PORT:-19042}"

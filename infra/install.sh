@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what is missing: Debian packages, the Python environment, the Cassandra and Spark jars.
 # Re-runnable: each step is skipped when its result is already there.
+# `install.sh browser` installs only Debian's Chromium, which the UI check (and so `make test`) drives.
 set -euo pipefail
 SERVICE=install
 source "$(dirname "$0")/lib.sh"
@@ -32,8 +33,20 @@ python_env() {
   echo "$want" > "$stamp"
 }
 
-debian_packages
-python_env
-"$REPO_ROOT/infra/cassandra.sh" install
-"$REPO_ROOT/infra/spark.sh" install
-say "everything is installed"
+browser() {
+  [[ -x "$CLICKAGG_CHROMIUM" ]] && return
+  say "installing Debian's Chromium for the Airflow UI check (once; about 100 MB)"
+  apt_install chromium
+}
+
+case "${1:-all}" in
+  all)
+    debian_packages
+    python_env
+    "$REPO_ROOT/infra/cassandra.sh" install
+    "$REPO_ROOT/infra/spark.sh" install
+    say "everything is installed"
+    ;;
+  browser) browser ;;
+  *) echo "usage: $0 [all|browser]" >&2; exit 2 ;;
+esac

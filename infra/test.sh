@@ -7,6 +7,9 @@ SERVICE=test
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
+# The end-to-end tests look at Airflow's UI through Chromium.
+"$REPO_ROOT/infra/install.sh" browser
+
 say "pausing the scheduled rollup while tests run"
 for dag in rollup_clicks_minute reconcile_clicks_hourly; do
   PYTHONPATH="$REPO_ROOT" "$VENV/bin/python" -m infra.airflow_api pause "$dag"

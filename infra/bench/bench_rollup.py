@@ -189,8 +189,7 @@ def freshness(args) -> dict:
     for ad in ads:
         store.put_ad(ad)
     cluster.shutdown()
-    airflow = AirflowAPI(f"http://127.0.0.1:{os.environ['AIRFLOW_PORT']}", os.environ["AIRFLOW_USER"],
-                         os.environ["AIRFLOW_PASSWORD"])
+    airflow = AirflowAPI.from_env()
     airflow.set_paused("rollup_clicks_minute", False)
 
     sent: list[tuple[str, datetime, float]] = []  # (ad, minute, send time)

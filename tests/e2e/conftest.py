@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 import pytest
@@ -16,8 +15,7 @@ DAG = "rollup_clicks_minute"
 @pytest.fixture(scope="session")
 def airflow():
     require_env()
-    api = AirflowAPI(f"http://127.0.0.1:{os.environ['AIRFLOW_PORT']}", os.environ["AIRFLOW_USER"],
-                     os.environ["AIRFLOW_PASSWORD"])
+    api = AirflowAPI.from_env()
     api.wait_for_dag(DAG)
     api.set_paused(DAG, False)
     yield api

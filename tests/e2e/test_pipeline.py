@@ -12,13 +12,15 @@ import requests
 from click_api import config
 from click_api.storage import Ad, CassandraStore, connect
 from click_api.tokens import Impression, mint, new_impression_id
+from infra import airflow_ui
+from infra.airflow_api import login_from_env
 from tests.e2e.conftest import DAG, run_rollup
 from tests.services import click_base_url, unique, warehouse_sql
 
 pytestmark = pytest.mark.e2e
 
 
-def test_one_click_is_counted_once_by_an_airflow_run(airflow):
+def test_one_click_is_counted_once_by_an_airflow_run(airflow, tmp_path):
     cfg = config.from_env(os.environ)
     cluster = connect(cfg["CASSANDRA_HOSTS"], cfg["CASSANDRA_PORT"], cfg["CASSANDRA_LOCAL_DC"])
     store = CassandraStore(cluster.connect(), cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
@@ -40,6 +42,11 @@ def test_one_click_is_counted_once_by_an_airflow_run(airflow):
     run_id = run_rollup(airflow, start, end)
     first = warehouse_sql(query, [ad.ad_id])
     assert first == [[start.replace(tzinfo=None).isoformat(), 1, 0, 1]]
+
+    # A person opening Airflow's UI sees the DAG with that run, successful.
+    screenshot = tmp_path / "airflow-runs.png"
+    assert airflow_ui.look(*login_from_env(), DAG, run_id, screenshot) == "Success"
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
 
     # Clearing the run and letting Airflow run it again changes nothing.
     airflow.clear(DAG, run_id)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from infra.airflow_api import AirflowAPI, AirflowError
+from infra.airflow_api import AirflowAPI, AirflowError, login_from_env
 from infra.airflow_sqlite import BUSY_TIMEOUT_SECONDS
 
 
@@ -32,6 +32,7 @@ class ScriptedHTTP:
         self.headers: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
         self.logins = 0
+        self.params: list[dict | None] = []
 
     def request(self, method, url, **kwargs):
         path = url.removeprefix("http://airflow")
@@ -40,6 +41,7 @@ class ScriptedHTTP:
             scripted = self.replies and self.replies[0].login
             return self.replies.pop(0) if scripted else Reply(200, '{"access_token": "t"}')
         self.requests.append((method, path.removeprefix("/api/v2")))
+        self.params.append(kwargs.get("params"))
         return self.replies.pop(0)
 
 
@@ -87,6 +89,20 @@ def test_a_trigger_that_conflicts_with_an_unknown_run_is_an_error():
     api, _ = client(Reply(409, "already exists"), Reply(404, "not found"))
     with pytest.raises(AirflowError, match="404"):
         api.trigger("rollup", *WINDOW)
+
+
+def test_the_newest_run_is_asked_for_by_run_after_descending():
+    api, http = client(Reply(200, '{"dag_runs": [{"dag_run_id": "scheduled__2026-11-28T13:00:00+00:00"}]}'),
+                       Reply(200, '{"dag_runs": []}'))
+    assert api.newest_run("rollup") == "scheduled__2026-11-28T13:00:00+00:00"
+    assert http.params[0] == {"order_by": "-run_after", "limit": 1}
+    assert api.newest_run("rollup") is None
+
+
+def test_the_login_comes_from_the_project_environment():
+    env = {"AIRFLOW_PORT": "28080", "AIRFLOW_USER": "ops", "AIRFLOW_PASSWORD": "s3cret"}
+    assert login_from_env(env) == ("http://127.0.0.1:28080", "ops", "s3cret")
+    assert login_from_env({}) == ("http://127.0.0.1:18080", "admin", "admin")
 
 
 class Silence(Reply):

@@ -40,7 +40,7 @@ HOUR = timedelta(hours=1)
 
 @pytest.fixture(scope="module")
 def airflow():
-    api = AirflowAPI(f"http://127.0.0.1:{os.environ['AIRFLOW_PORT']}", os.environ["AIRFLOW_USER"], os.environ["AIRFLOW_PASSWORD"])
+    api = AirflowAPI.from_env()
     api.wait_for_dag(DAG)
     api.set_paused(DAG, False)
     yield api
