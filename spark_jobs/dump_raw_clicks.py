@@ -69,8 +69,13 @@ def dump_metrics(hashes: Column | None = None) -> list[Column]:
     ]
 
 
+def earliest_issue_metric() -> Column:
+    """The earliest issue time (epoch microseconds) of the rows' impressions, for the manifest."""
+    return F.unix_micros(F.min("issued_at")).alias("min_issued_at_us")
+
+
 def stats_of(metrics: dict) -> dict:
-    """The manifest's statistics from dump_metrics() values."""
+    """The manifest's statistics from dump_metrics() values and, when measured, earliest_issue_metric()'s."""
 
     def instant(micros):
         return None if micros is None else datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc)
@@ -79,6 +84,7 @@ def stats_of(metrics: dict) -> dict:
         "rows": int(metrics["rows"]),
         "min_clicked_at": instant(metrics["min_clicked_at_us"]),
         "max_clicked_at": instant(metrics["max_clicked_at_us"]),
+        "min_issued_at": instant(metrics.get("min_issued_at_us")),
         "checksum": f"{CHECKSUM_PREFIX}{int(metrics['checksum_sum'])}",
     }
 
@@ -86,7 +92,7 @@ def stats_of(metrics: dict) -> dict:
 def write(clicks: DataFrame, url: str) -> dict:
     """Write the rows as Parquet under ``url`` (a new prefix); return their statistics, measured in the same pass."""
     observation = Observation("dump")
-    clicks.observe(observation, *dump_metrics()).write.mode("errorifexists").parquet(url)
+    clicks.observe(observation, *dump_metrics(), earliest_issue_metric()).write.mode("errorifexists").parquet(url)
     return stats_of(observation.get)
 
 

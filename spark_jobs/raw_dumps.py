@@ -105,6 +105,9 @@ class Manifest:
     checksum: str
     columns: tuple[str, ...]
     created_at: datetime
+    # The earliest issue time of the hour's impressions: how far back their earlier clicks can lie.
+    # None for an empty hour, and in manifests written before it was recorded.
+    min_issued_at: datetime | None = None
     version: int = MANIFEST_VERSION
 
     @property
@@ -126,6 +129,7 @@ class Manifest:
                 "row_count": self.row_count,
                 "min_clicked_at": iso(self.min_clicked_at),
                 "max_clicked_at": iso(self.max_clicked_at),
+                "min_issued_at": iso(self.min_issued_at),
                 "checksum": self.checksum,
                 "columns": list(self.columns),
                 "created_at": iso(self.created_at),
@@ -151,6 +155,7 @@ class Manifest:
             row_count=int(body["row_count"]),
             min_clicked_at=instant("min_clicked_at"),
             max_clicked_at=instant("max_clicked_at"),
+            min_issued_at=instant("min_issued_at"),
             checksum=body["checksum"],
             columns=tuple(body["columns"]),
             created_at=instant("created_at"),
@@ -168,8 +173,8 @@ def build_manifest(
 ) -> Manifest:
     """The manifest of a finished run: its Parquet files (from a listing) and the rows' statistics.
 
-    ``stats`` holds ``rows``, ``min_clicked_at``, ``max_clicked_at`` and ``checksum``, as the dump
-    job measured them on the rows it wrote.
+    ``stats`` holds ``rows``, ``min_clicked_at``, ``max_clicked_at``, ``checksum`` and optionally
+    ``min_issued_at``, as the dump job measured them on the rows it wrote.
     """
     hour = utc(hour)
     prefix = run_prefix(root, hour, run_id)
@@ -191,6 +196,7 @@ def build_manifest(
         checksum=str(stats["checksum"]),
         columns=tuple(columns),
         created_at=utc(created_at),
+        min_issued_at=utc(stats["min_issued_at"]) if stats.get("min_issued_at") else None,
     )
 
 

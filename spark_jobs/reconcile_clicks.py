@@ -69,6 +69,14 @@ def earliest_issue(hour_clicks: DataFrame, hour_start: datetime, clock_skew: tim
     return None if row["micros"] is None else EPOCH + timedelta(microseconds=row["micros"])
 
 
+def earliest_of(hour: raw_dumps.Manifest, hour_clicks: DataFrame, clock_skew: timedelta) -> datetime | None:
+    """The earliest issue time for hours_reached(): the one the hour's manifest recorded or, for a
+    manifest written before it was recorded, earliest_issue() (one pass over the dump)."""
+    if hour.min_issued_at is not None or hour.row_count == 0:
+        return hour.min_issued_at
+    return earliest_issue(hour_clicks, hour.hour_start, clock_skew)
+
+
 def hours_reached(earlier: list[raw_dumps.Manifest], earliest: datetime | None,
                   clock_skew: timedelta) -> list[raw_dumps.Manifest]:
     """The earlier hours that can hold a click of an impression issued at ``earliest`` or later.
@@ -76,6 +84,11 @@ def hours_reached(earlier: list[raw_dumps.Manifest], earliest: datetime | None,
     A click comes after its impression was issued, and the issue time may run ahead of the click
     server's clock by ``clock_skew``. The hours of the horizon ending before that are not read:
     with impressions clicked within minutes, as most are, only the hour before is.
+
+    ``earliest`` may be the earliest issue time of all the hour's impressions or only of those
+    issued before the hour's start plus ``clock_skew``: the two give the same hours. Whenever such
+    an impression exists, the earliest of all is one of them; when none does, the earliest of all
+    is at or after that start, and no earlier hour ends after it.
     """
     if earliest is None:
         return []
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session("reconcile_clicks", os.environ, args.master)
     try:
         hour_clicks = read_dump(spark, store, hour)
-        earlier = hours_reached(horizon, earliest_issue(hour_clicks, args.start, clock_skew), clock_skew)
+        earlier = hours_reached(horizon, earliest_of(hour, hour_clicks, clock_skew), clock_skew)
         earlier_clicks = extract_earlier(spark, store, earlier)
         clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s,
                                                                clock_skew)

@@ -308,6 +308,7 @@ def test_the_dump_is_published_with_a_manifest_matching_its_data(scenario, dumps
 
     assert manifest.row_count == 10  # every click of the hour, the invalid one and the late one included
     assert manifest.min_clicked_at == scenario["at"][5] and manifest.max_clicked_at == scenario["at"][45]
+    assert manifest.min_issued_at < hour  # the repeated impression was issued in the hour before
     assert dumps.require_manifest(hour - HOUR).row_count == 1  # the earlier hour was dumped too
     runs = {key.split("/run=")[1].split("/")[0] for key in dumps.list_objects(raw_dumps.hour_prefix(dumps.root, hour))
             if "/run=" in key}

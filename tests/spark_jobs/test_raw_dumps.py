@@ -15,8 +15,9 @@ BUCKET = "bucket"
 HOUR = timedelta(hours=1)
 
 
-def stats(rows=3, first=H10 + timedelta(minutes=1), last=H10 + timedelta(minutes=59, seconds=59), checksum="xxhash64-sum:42"):
-    return {"rows": rows, "min_clicked_at": first, "max_clicked_at": last, "checksum": checksum}
+def stats(rows=3, first=H10 + timedelta(minutes=1), last=H10 + timedelta(minutes=59, seconds=59), checksum="xxhash64-sum:42",
+          issued=H10 - timedelta(minutes=7)):
+    return {"rows": rows, "min_clicked_at": first, "max_clicked_at": last, "checksum": checksum, "min_issued_at": issued}
 
 
 def run_files(hour: datetime, run_id: str, sizes=(10, 20)) -> dict[str, int]:
@@ -92,12 +93,26 @@ def test_a_manifest_survives_its_json_round_trip():
     original = manifest()
 
     assert Manifest.from_json(original.to_json()) == original
+    assert original.min_issued_at == H10 - timedelta(minutes=7)
+
+
+def test_a_manifest_written_before_the_earliest_issue_time_was_recorded_still_reads():
+    import json
+
+    body = json.loads(manifest().to_json())
+    del body["min_issued_at"]
+
+    read = Manifest.from_json(json.dumps(body))
+
+    assert read.min_issued_at is None
+    assert read.row_count == 3
 
 
 def test_an_empty_hour_has_a_manifest_with_no_click_times():
-    empty = manifest(rows=0, first=None, last=None, checksum="xxhash64-sum:0")
+    empty = manifest(rows=0, first=None, last=None, checksum="xxhash64-sum:0", issued=None)
 
     assert Manifest.from_json(empty.to_json()).min_clicked_at is None
+    assert Manifest.from_json(empty.to_json()).min_issued_at is None
     assert empty.row_count == 0
 
 

@@ -7,11 +7,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from spark_jobs import raw_dumps
-from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, stats_of
+from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, earliest_issue_metric, stats_of
 from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_facts
 from spark_jobs.reconcile_clicks import (
     IMPRESSION_COLUMNS,
     earliest_issue,
+    earliest_of,
     hour_stats,
     hours_reached,
     transform_late_clicks,
@@ -65,8 +66,8 @@ def billable_by_click(labelled) -> dict[str, bool]:
 # The dump's row statistics
 
 
-def metrics(df) -> dict:
-    return stats_of(df.agg(*dump_metrics()).first().asDict())
+def metrics(df, *extra) -> dict:
+    return stats_of(df.agg(*dump_metrics(), *extra).first().asDict())
 
 
 def test_the_checksum_does_not_depend_on_row_order_or_partitioning(spark):
@@ -90,15 +91,17 @@ def test_the_checksum_changes_when_any_value_changes_or_a_row_goes(spark):
 
 
 def test_the_stats_carry_the_first_and_last_click_in_utc(spark):
-    stats = metrics(dump_df(spark, [dumped("c1", "imp-1", at(5, 7)), dumped("c2", "imp-2", at(59, 59))]))
+    stats = metrics(dump_df(spark, [dumped("c1", "imp-1", at(5, 7)), dumped("c2", "imp-2", at(59, 59))]),
+                    earliest_issue_metric())
 
     assert stats["min_clicked_at"] == at(5, 7).replace(tzinfo=timezone.utc)
     assert stats["max_clicked_at"] == at(59, 59).replace(tzinfo=timezone.utc)
+    assert stats["min_issued_at"] == at(4, 7).replace(tzinfo=timezone.utc)  # issued a minute before its click
 
 
 def test_an_empty_hour_has_zero_rows_no_click_times_and_a_zero_checksum(spark):
-    assert metrics(dump_df(spark, [])) == {"rows": 0, "min_clicked_at": None, "max_clicked_at": None,
-                                           "checksum": "xxhash64-sum:0"}
+    assert metrics(dump_df(spark, []), earliest_issue_metric()) == {
+        "rows": 0, "min_clicked_at": None, "max_clicked_at": None, "min_issued_at": None, "checksum": "xxhash64-sum:0"}
 
 
 # Deduplication across the horizon
@@ -141,9 +144,9 @@ def test_an_impression_stamped_within_the_clock_skew_after_the_hour_began_is_loo
     assert billable_by_click(recompute(spark, hour, earlier)) == {"c-repeat": False}
 
 
-def manifest_of(hour_start: datetime) -> raw_dumps.Manifest:
+def manifest_of(hour_start: datetime, rows: int = 0, min_issued_at: datetime | None = None) -> raw_dumps.Manifest:
     start = hour_start.replace(tzinfo=timezone.utc)
-    return raw_dumps.Manifest(start, "r1", "p", (), 0, None, None, "", tuple(DUMP_COLUMNS), start)
+    return raw_dumps.Manifest(start, "r1", "p", (), rows, None, None, "", tuple(DUMP_COLUMNS), start, min_issued_at)
 
 
 def test_only_the_earlier_hours_after_the_earliest_issue_time_are_read():
@@ -166,6 +169,30 @@ def test_the_earliest_issue_time_is_of_the_impressions_that_may_have_earlier_cli
 
     assert earliest_issue(dump_df(spark, hour), H10, SKEW) == at(-42, 30).replace(tzinfo=timezone.utc)
     assert earliest_issue(dump_df(spark, hour[2:]), H10, SKEW) is None
+
+
+def test_the_manifests_earliest_issue_time_reaches_the_same_hours_as_a_pass_over_the_dump(spark):
+    horizon = [manifest_of(H10 - timedelta(hours=n)) for n in (3, 2, 1)]
+    utc = timezone.utc
+    hours = [
+        [dumped("c1", "imp-1", at(5), issued_at=at(-42, 30)), dumped("c2", "imp-2", at(6), issued_at=at(2))],
+        [dumped("c1", "imp-1", at(5), issued_at=at(-130)), dumped("c2", "imp-2", at(6), issued_at=at(-3))],
+        [dumped("c1", "imp-1", at(5), issued_at=at(0, 5)), dumped("c2", "imp-2", at(6), issued_at=at(2))],  # within the skew
+        [dumped("c1", "imp-1", at(5), issued_at=at(0, 30)), dumped("c2", "imp-2", at(6), issued_at=at(2))],  # none before
+    ]
+    for rows in hours:
+        df = dump_df(spark, rows)
+        recorded = manifest_of(H10, len(rows), metrics(df, earliest_issue_metric())["min_issued_at"])
+        assert (hours_reached(horizon, earliest_of(recorded, None, SKEW), SKEW)
+                == hours_reached(horizon, earliest_issue(df, H10, SKEW), SKEW))
+    assert [m.hour_start.hour for m in hours_reached(horizon, at(-130).replace(tzinfo=utc), SKEW)] == [7, 8, 9]
+
+
+def test_a_manifest_without_the_earliest_issue_time_is_measured_on_the_dump(spark):
+    rows = [dumped("c1", "imp-1", at(5), issued_at=at(-42, 30)), dumped("c2", "imp-2", at(6), issued_at=at(2))]
+
+    assert earliest_of(manifest_of(H10, rows=2), dump_df(spark, rows), SKEW) == at(-42, 30).replace(tzinfo=timezone.utc)
+    assert earliest_of(manifest_of(H10, rows=0), None, SKEW) is None  # an empty hour reads nothing
 
 
 def test_an_earlier_click_beyond_the_horizon_is_not_looked_at(spark):
@@ -239,7 +266,7 @@ def local_dump(spark, folder, hour: datetime, clicks: list[tuple], **stat_overri
     stats = metrics(read_back) | stat_overrides
     manifest = raw_dumps.Manifest(hour.replace(tzinfo=timezone.utc), "r1", str(folder), tuple(files.items()), stats["rows"],
                                   stats["min_clicked_at"], stats["max_clicked_at"], stats["checksum"], tuple(DUMP_COLUMNS),
-                                  hour.replace(tzinfo=timezone.utc))
+                                  hour.replace(tzinfo=timezone.utc), stats["min_issued_at"])
     return read_back, manifest
 
 
