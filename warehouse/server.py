@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import duckdb
@@ -26,18 +27,20 @@ log = logging.getLogger(__name__)
 bp = Blueprint("warehouse", __name__)
 
 
+def config_from_env(env: Mapping[str, str] = os.environ) -> dict:
+    """The service's settings from its environment variables (the README's configuration table)."""
+    return {
+        "WAREHOUSE_PATH": env.get("WAREHOUSE_PATH", ".local/warehouse/clickagg.duckdb"),
+        "ADMIN_TOKEN": env.get("WAREHOUSE_ADMIN_TOKEN", ""),
+        "THREADS": int(env.get("WAREHOUSE_THREADS", DEFAULT_THREADS)),
+        "SQL_ROW_LIMIT": int(env.get("WAREHOUSE_SQL_ROW_LIMIT", "10000")),
+        "BATCH_NICE": int(env.get("WAREHOUSE_BATCH_NICE", batch.DEFAULT_NICE)),
+    }
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
-    if test_config is None:
-        app.config.update(
-            WAREHOUSE_PATH=os.environ.get("WAREHOUSE_PATH", ".local/warehouse/clickagg.duckdb"),
-            ADMIN_TOKEN=os.environ.get("WAREHOUSE_ADMIN_TOKEN", ""),
-            THREADS=int(os.environ.get("WAREHOUSE_THREADS", DEFAULT_THREADS)),
-            SQL_ROW_LIMIT=int(os.environ.get("WAREHOUSE_SQL_ROW_LIMIT", "10000")),
-            BATCH_NICE=int(os.environ.get("WAREHOUSE_BATCH_NICE", str(batch.DEFAULT_NICE))),
-        )
-    else:
-        app.config.update(test_config)
+    app.config.update(config_from_env() if test_config is None else test_config)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     con = connect(app.config["WAREHOUSE_PATH"], threads=app.config.get("THREADS"))
     applied = schema.migrate(con)

@@ -182,8 +182,9 @@ def extrapolate(rows: int, seconds: float, fixed_s: float) -> dict:
 
 def run(args) -> dict:
     from spark_jobs import raw_dumps
-    from warehouse import DEFAULT_THREADS, connect, reconcile, schema
-    from warehouse.batch import DEFAULT_NICE, BatchThread
+    from warehouse import connect, reconcile, schema
+    from warehouse.batch import BatchThread
+    from warehouse.server import config_from_env
 
     hour = args.hour
     store = raw_dumps.DumpStore(raw_dumps.s3_client(os.environ), os.environ.get("S3_BUCKET", "clickagg-raw"), ROOT)
@@ -219,10 +220,11 @@ def run(args) -> dict:
     db = work / "reconcile.duckdb"
     db.unlink(missing_ok=True)
     # As the service runs it: DuckDB threads as configured, on a thread at the batch work's priority.
-    con = connect(str(db), threads=int(os.environ.get("WAREHOUSE_THREADS", DEFAULT_THREADS)))
+    service = config_from_env()
+    con = connect(str(db), threads=service["THREADS"])
     schema.migrate(con)
     minute_files, user_files = f"{work}/full/minute/*.parquet", f"{work}/full/users/*.parquet"
-    batch = BatchThread(int(os.environ.get("WAREHOUSE_BATCH_NICE", DEFAULT_NICE)))
+    batch = BatchThread(service["BATCH_NICE"])
     try:
         started = time.monotonic()
         repair = batch.run(reconcile.reconcile_hour, con, hour, minute_files, user_files, 1.0, summary)

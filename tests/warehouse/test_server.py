@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from warehouse import checks, connect, loads, schema
-from warehouse.server import create_app
+from warehouse.server import config_from_env, create_app
 
 TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -308,3 +308,13 @@ def test_a_malformed_sql_request_is_a_400(client, body):
 
     assert response.status_code == 400
     assert response.get_json()["error"]
+
+
+def test_the_service_settings_come_from_the_environment_with_the_documented_defaults():
+    defaults = config_from_env({})
+    assert (defaults["THREADS"], defaults["BATCH_NICE"], defaults["SQL_ROW_LIMIT"], defaults["ADMIN_TOKEN"]) == (1, 10, 10000, "")
+
+    env = {"WAREHOUSE_THREADS": "2", "WAREHOUSE_BATCH_NICE": "0", "WAREHOUSE_PATH": "/data/w.duckdb",
+           "WAREHOUSE_ADMIN_TOKEN": "secret", "WAREHOUSE_SQL_ROW_LIMIT": "50"}
+    assert config_from_env(env) == {"WAREHOUSE_PATH": "/data/w.duckdb", "ADMIN_TOKEN": "secret", "THREADS": 2,
+                                    "SQL_ROW_LIMIT": 50, "BATCH_NICE": 0}
