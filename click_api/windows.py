@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 MINUTE = 60
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
+# Each raw click expires RAW_CLICK_TTL_S after it was stored, which is after its minute, so
+# Cassandra holds a minute whole until that long after it. An hour of margin keeps clear of the edge.
+TTL_MARGIN = timedelta(hours=1)
+
+
+def oldest_held(now: datetime, raw_click_ttl: int) -> datetime:
+    """The earliest moment whose raw clicks Cassandra still holds whole at ``now``."""
+    return now - timedelta(seconds=raw_click_ttl) + TTL_MARGIN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,9 +22,6 @@ STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "stagin
 START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026-01-01T00:00:00+00:00"))
 DEFAULT_DRIFT_THRESHOLD = "0.0001"
 HOUR = timedelta(hours=1)
-# Keep one hour of margin before Cassandra's TTL: an hour older than that may be partly expired,
-# and dumping it would replace a complete dump with a partial one.
-TTL_MARGIN = timedelta(hours=1)
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_hour')['{}'] }}}}"
 DUMP = "{{{{ ti.xcom_pull(task_ids='plan_dump', key='dump')['{}'] }}}}"
@@ -79,7 +76,10 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
     if not window["dump"]:
         return None
     hour = parse_utc(window["start"])
-    oldest_whole = now - timedelta(seconds=window["raw_click_ttl_s"]) + TTL_MARGIN
+    from click_api.windows import oldest_held
+
+    # An hour Cassandra no longer holds whole would replace a complete dump with a partial one.
+    oldest_whole = oldest_held(now, window["raw_click_ttl_s"])
     wanted = [h for h in [*earlier, hour] if h not in dumped or h == hour]
     wanted = [h for h in wanted if h >= oldest_whole]
     if not wanted:

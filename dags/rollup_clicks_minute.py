@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from click_api.windows import Windows, oldest_held
 from spark_jobs.session import parse_utc, submit_options
 from warehouse import client as warehouse_client
 
@@ -16,16 +18,26 @@ REPO = Path(__file__).resolve().parents[1]
 SCHEDULE = os.environ.get("ROLLUP_SCHEDULE", "* * * * *")
 LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
 LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
+MAX_WINDOW_S = int(os.environ.get("ROLLUP_MAX_WINDOW_S", "3600"))
+RAW_CLICK_TTL_S = Windows.from_env(os.environ).raw_click_ttl
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_window')['{}'] }}}}"
+log = logging.getLogger(__name__)
 
 
-def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime, lookback: bool = True) -> dict:
+def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime, lookback: bool = True,
+         watermark: datetime | None = None) -> dict:
     """The window a run rolls up: ``conf`` start/end when given (manual runs), else its data
     interval widened by the lookback, so clicks that reach Cassandra late (a spool replayed after
-    an outage, writes in flight when the run starts) are counted in their own minute."""
+    an outage, writes in flight when the run starts) are counted in their own minute.
+
+    When that window would start after the ``watermark`` (the scheduler was stopped, the DAG
+    paused or runs failed for longer than the lookback), it starts at the watermark instead and
+    spans at most ROLLUP_MAX_WINDOW_S: the minutes in between are rolled up, the watermark moves
+    on, and the runs that follow catch up with the schedule a window at a time.
+    """
     if conf.get("start") or conf.get("end"):
         if not (conf.get("start") and conf.get("end")):
             raise ValueError('a manual run\'s conf needs both "start" and "end" (ISO-8601, UTC)')
@@ -33,6 +45,8 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
     else:
         start = data_interval_start - timedelta(seconds=LOOKBACK_S if lookback else 0)
         end = data_interval_end
+        if lookback and watermark is not None and watermark < start:
+            start, end = watermark, min(end, watermark + timedelta(seconds=MAX_WINDOW_S))
     if end <= start or start.second or end.second or start.microsecond or end.microsecond:
         raise ValueError(f"the window [{start}, {end}) must be whole minutes, end after start")
     output = f"{STAGING_DIR}/fct_clicks_minute/{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
@@ -49,7 +63,8 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
     doc_md=__doc__
     + f"""
 
-Each run covers its data interval plus a lookback of {LOOKBACK_S}s, waits {LATENESS_S}s after the
+Each run covers its data interval plus a lookback of {LOOKBACK_S}s (from the watermark, at most
+{MAX_WINDOW_S}s at a time, when the runs fell further behind), waits {LATENESS_S}s after the
 interval closes, runs the Spark job `spark_jobs/fct_clicks_minute.py`, replaces that window in the
 warehouse (minute facts, then the hour and day rollups it touches), advances the watermark and runs
 the data-quality checks. Clearing and re-running any run rebuilds the same rows.
@@ -61,12 +76,26 @@ Backfill: `make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00`.
 def rollup_clicks_minute():
     @task
     def plan_window(dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
-        """Decide the window: the data interval plus the lookback, or conf start/end of a manual run.
+        """Decide the window: the data interval plus the lookback (from the watermark when the runs
+        fell further behind), or conf start/end of a manual run.
 
         A backfill's runs cover every interval of its range one by one, so they skip the lookback.
         """
+        conf = dag_run.conf or {}
         is_backfill = str(dag_run.run_type).lower().endswith("backfill")
-        return plan(dag_run.conf or {}, data_interval_start, data_interval_end, lookback=not is_backfill)
+        watermark = None
+        if not (is_backfill or conf):
+            watermark = warehouse_client.watermark()
+            oldest = oldest_held(data_interval_end, RAW_CLICK_TTL_S)  # a scheduled run's interval is recent
+            if watermark is not None and watermark < oldest:
+                log.warning("the watermark %s is older than the raw clicks Cassandra still holds (from %s): "
+                            "those minutes cannot be rolled up again, so this run does not reach back to it",
+                            watermark, oldest)
+                watermark = None
+        window = plan(conf, data_interval_start, data_interval_end, lookback=not is_backfill, watermark=watermark)
+        if watermark is not None and watermark < data_interval_start - timedelta(seconds=LOOKBACK_S):
+            log.warning("catching up from the watermark %s: rolling up [%s, %s)", watermark, window["start"], window["end"])
+        return window
 
     # Poke mode: the wait is the lateness (20 s by default), and rescheduling through the scheduler
     # between pokes took that long again on two cores, enough to push a run past its minute.

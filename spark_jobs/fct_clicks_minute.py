@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from click_api.windows import Windows, oldest_held
 from spark_jobs.session import build_session, window_parser
 
 VALID, DUPLICATE, EXPIRED, INVALID = "valid", "duplicate", "expired", "invalid"
@@ -185,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master", help="Spark master when not run by spark-submit, e.g. local[2]")
     args = parser.parse_args(argv)
     minutes_between(args.start, args.end)  # validate before starting Spark
+    oldest = oldest_held(datetime.now(timezone.utc), Windows.from_env(os.environ).raw_click_ttl)
+    if args.start < oldest:
+        parser.error(f"the window starts at {args.start.isoformat()}, before {oldest:%Y-%m-%dT%H:%M}Z: raw clicks "
+                     "older than RAW_CLICK_TTL_S have expired from Cassandra, so rolling the window up again would "
+                     "delete warehouse rows it cannot rebuild. reconcile_clicks_hourly recomputes past hours from "
+                     "their S3 dumps.")
 
     spark = build_session("fct_clicks_minute", os.environ, args.master)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import datetime, timezone
 
 DEFAULT_URL = "http://127.0.0.1:18100"
 
@@ -28,3 +29,12 @@ def call(method: str, path: str, body: dict | None = None, timeout: float = 60,
     if response.status_code >= 400:
         raise RuntimeError(f"warehouse answered {response.status_code} to {path}: {response.text.strip()}")
     return response.json()
+
+
+def watermark(environ: Mapping[str, str] = os.environ) -> datetime | None:
+    """The rollup's watermark (UTC): the minute fct_clicks_minute is complete up to; None before any load."""
+    value = call("GET", "/healthz", timeout=30, environ=environ)["complete_through"]
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -23,6 +23,16 @@ def dag(parse):
     return parse().dags[DAG_ID]
 
 
+@pytest.fixture(autouse=True)
+def watermark(monkeypatch) -> list:
+    """The watermark the warehouse reports to plan_window: ``watermark[0]``, None (no load yet) unless a test sets it."""
+    from warehouse import client
+
+    current: list = [None]
+    monkeypatch.setattr(client, "watermark", lambda environ=None: current[0])
+    return current
+
+
 def plan_window(dag, conf: dict | None = None, run_type: str = "scheduled") -> dict:
     return dag.get_task("plan_window").python_callable(
         dag_run=SimpleNamespace(conf=conf, run_type=run_type),
@@ -93,6 +103,53 @@ def test_a_scheduled_run_plans_its_interval_widened_by_the_lookback(dag, tmp_pat
         "end": "2026-01-01T10:01:00+00:00",
         "output": f"{tmp_path}/staging/fct_clicks_minute/20260101T0950-20260101T1001",
     }
+
+
+def test_a_scheduled_run_within_the_lookback_of_the_watermark_keeps_its_window(dag, watermark):
+    watermark[0] = INTERVAL_START - timedelta(minutes=3)
+
+    window = plan_window(dag, conf={})
+
+    assert (window["start"], window["end"]) == ("2026-01-01T09:50:00+00:00", "2026-01-01T10:01:00+00:00")
+
+
+@pytest.mark.parametrize("behind_min, planned", [
+    (25, ("2026-01-01T09:35:00+00:00", "2026-01-01T10:01:00+00:00")),
+    (180, ("2026-01-01T07:00:00+00:00", "2026-01-01T08:00:00+00:00")),  # an hour at a time
+], ids=["25 minutes", "3 hours"])
+def test_a_scheduled_run_behind_its_watermark_reaches_back_to_it(dag, watermark, behind_min, planned):
+    watermark[0] = INTERVAL_START - timedelta(minutes=behind_min)
+
+    window = plan_window(dag, conf={})
+
+    assert (window["start"], window["end"]) == planned
+
+
+def test_the_catch_up_window_comes_from_the_environment(parse, watermark):
+    watermark[0] = INTERVAL_START - timedelta(hours=3)
+
+    window = plan_window(parse(ROLLUP_MAX_WINDOW_S="600").dags[DAG_ID], conf={})
+
+    assert (window["start"], window["end"]) == ("2026-01-01T07:00:00+00:00", "2026-01-01T07:10:00+00:00")
+
+
+def test_a_watermark_older_than_cassandra_holds_is_not_reached_back_to(dag, watermark, caplog):
+    watermark[0] = INTERVAL_START - timedelta(days=30)
+
+    window = plan_window(dag, conf={})
+
+    assert (window["start"], window["end"]) == ("2026-01-01T09:50:00+00:00", "2026-01-01T10:01:00+00:00")
+    assert "cannot be rolled up again" in caplog.text
+
+
+def test_manual_and_backfill_runs_keep_their_own_window_whatever_the_watermark(dag, watermark):
+    watermark[0] = INTERVAL_START - timedelta(hours=3)
+
+    backfill = plan_window(dag, conf={}, run_type="backfill")
+    manual = plan_window(dag, conf={"start": "2026-01-01T10:00Z", "end": "2026-01-01T10:05Z"})
+
+    assert (backfill["start"], backfill["end"]) == ("2026-01-01T10:00:00+00:00", "2026-01-01T10:01:00+00:00")
+    assert (manual["start"], manual["end"]) == ("2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")
 
 
 def test_a_backfill_run_plans_its_interval_alone(dag):
@@ -173,6 +230,29 @@ def test_the_jobs_take_the_clock_skew_from_the_environment_and_refuse_a_negative
     with pytest.raises(SystemExit):
         window_parser("rollup").parse_args([*window, "--clock-skew-s", "-5"])
     assert "must be 0 or more seconds, got -5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ttl_s, hours_ago", [(None, 31 * 24), ("14400", 4)], ids=["default 30 days", "4 hours"])
+def test_the_rollup_job_refuses_a_window_cassandra_no_longer_holds_whole(monkeypatch, capsys, tmp_path, ttl_s, hours_ago):
+    from spark_jobs import fct_clicks_minute
+
+    if ttl_s:
+        monkeypatch.setenv("RAW_CLICK_TTL_S", ttl_s)
+    start = (datetime.now(timezone.utc) - timedelta(hours=hours_ago)).replace(second=0, microsecond=0)
+    window = ["--start", start.isoformat(), "--end", (start + timedelta(minutes=5)).isoformat(), "--output", str(tmp_path)]
+
+    with pytest.raises(SystemExit) as exited:
+        fct_clicks_minute.main(window)  # refused before a Spark session starts
+
+    assert exited.value.code == 2
+    assert "raw clicks older than RAW_CLICK_TTL_S have expired from Cassandra" in capsys.readouterr().err
+
+
+def test_cassandra_holds_a_minute_whole_until_the_ttl_less_an_hour_after_it():
+    from click_api.windows import oldest_held
+
+    now = datetime(2026, 2, 10, 12, 0, tzinfo=timezone.utc)
+    assert oldest_held(now, 30 * 24 * 3600) == datetime(2026, 1, 11, 13, 0, tzinfo=timezone.utc)
 
 
 # The tasks' calls to the warehouse
