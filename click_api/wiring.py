@@ -53,9 +53,16 @@ def build_services(cfg) -> Services:
 
 
 def replay_once(services: Services) -> int:
-    """Drain the spool into Cassandra if there is anything to drain and Cassandra answers."""
+    """Drain the spool into Cassandra if there is anything to drain and Cassandra answers.
+
+    The spool-depth gauge is set first, so it shows the clicks waiting while Cassandra is still down.
+    """
     spool = services.spool
-    if spool is None or spool.depth() == 0:
+    if spool is None:
+        return 0
+    depth = spool.depth()
+    metrics.SPOOL_DEPTH.set(depth)
+    if depth == 0:
         return 0
     services.store.ping()
     count = spool.replay(services.store.save_click)

@@ -205,3 +205,26 @@ def test_corrupt_line_in_one_file_does_not_block_the_other_files(spool):
     spool.replay(saved)
 
     assert list(saved.clicks.values()) == [make_click(1)]
+
+
+def test_the_replayer_reports_the_spool_depth_while_cassandra_is_down_and_drains_it_when_back(tmp_path):
+    from prometheus_client import REGISTRY
+
+    from click_api.wiring import Services, replay_once
+    from tests.fakes import FakeStore
+
+    spool = Spool(str(tmp_path))
+    for n in range(3):
+        spool.append(make_click(n))
+    store = FakeStore()
+    store.down = True
+    services = Services(store=store, deduper=None, spool=spool, clicks=None)
+
+    with pytest.raises(ConnectionError):
+        replay_once(services)
+    assert REGISTRY.get_sample_value("clickagg_spool_depth") == 3
+
+    store.down = False
+    assert replay_once(services) == 3
+    assert REGISTRY.get_sample_value("clickagg_spool_depth") == 0
+    assert sorted(store.clicks) == [make_click(n).click_id for n in range(3)]
