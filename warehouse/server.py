@@ -41,7 +41,7 @@ def config_from_env(env: Mapping[str, str] = os.environ) -> dict:
 def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(config_from_env() if test_config is None else test_config)
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(stream=sys.stdout, level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     con = connect(app.config["WAREHOUSE_PATH"], threads=app.config.get("THREADS"))
     applied = schema.migrate(con)
     if applied:
