@@ -44,6 +44,8 @@ start() {
   require_venv
   [[ -x "$VENV/bin/airflow" ]] || die "airflow is missing from $VENV; run: make install"
   require_free_port "$AIRFLOW_PORT" AIRFLOW_PORT
+  require_free_port "${AIRFLOW_LOG_SERVER_PORT:-18793}" AIRFLOW_LOG_SERVER_PORT
+  require_free_port "${AIRFLOW_TRIGGER_LOG_SERVER_PORT:-18794}" AIRFLOW_TRIGGER_LOG_SERVER_PORT
   configure
   say "starting scheduler + API server on http://127.0.0.1:$AIRFLOW_PORT (home $AIRFLOW_HOME, log $LOG)"
   spawn airflow "$LOG" "$VENV/bin/airflow" standalone

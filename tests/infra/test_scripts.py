@@ -47,6 +47,19 @@ def test_a_port_in_use_is_named_with_the_variable_that_moves_it(tmp_path):
     assert not (tmp_path / "run" / "warehouse.pid").exists()
 
 
+def test_a_port_the_s3_store_uses_inside_is_named_too(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]  # where the store's volume server would listen
+
+        result = run("s3.sh", "start", state=tmp_path, S3_PORT=str(free_port()), S3_BASE_PORT=str(port - 2))
+
+    assert result.returncode == 1
+    assert f"port {port} is already in use by another program" in result.stderr
+    assert "export S3_BASE_PORT=<free port>" in result.stderr
+
+
 def test_a_missing_jdk_17_is_named_with_the_fix(tmp_path):
     result = run("cassandra.sh", "start", state=tmp_path, CLICKAGG_JAVA_HOME=str(tmp_path / "no-jdk"))
 
