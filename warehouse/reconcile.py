@@ -187,8 +187,12 @@ def reconcile_hour(
                 "load": load.as_dict() if load else None,
                 "context": context or {},
             }
+            # The run's time: the Spark recompute (its summary, passed as context) and this compare and repair.
+            compare_repair_s = clock() - began
+            detail["compare_repair_seconds"] = round(compare_repair_s, 3)
+            recompute_s = float(detail["context"].get("recompute_seconds") or 0)
             report = Report(start, comparison.cells_compared, comparison.cells_differed, comparison.total_abs_diff,
-                            load is not None, round(clock() - began, 3), status, detail)
+                            load is not None, round(recompute_s + compare_repair_s, 3), status, detail)
             _save(cur, report)
             cur.execute("COMMIT")
         except Exception:

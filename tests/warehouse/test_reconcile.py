@@ -289,6 +289,16 @@ def test_an_aware_hour_is_converted_to_utc(con, stage):
     assert report.hour_at == H10
 
 
+def test_the_run_time_is_the_recompute_plus_the_compare_and_repair(con, stage):
+    ticks = iter([100.0, 102.5])
+
+    report = run(con, stage, TRUTH, context={"recompute_seconds": 41.25}, clock=lambda: next(ticks))
+
+    assert report.run_seconds == 43.75
+    assert report.detail["compare_repair_seconds"] == 2.5
+    assert con.execute("SELECT run_seconds FROM meta_reconciliations").fetchone()[0] == 43.75
+
+
 def test_the_report_carries_the_recompute_context_and_the_load(con, stage):
     report = run(con, stage, TRUTH, context={"late_clicks": 2})
 

@@ -1,0 +1,82 @@
+"""The Cassandra schema migrations and the operator CLI (ads, click URLs), against the real Cassandra."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from click_api import cli, events
+from click_api.events import RequestInfo
+from click_api.storage import CassandraStore
+from click_api.tokens import Impression, new_impression_id, verify
+from tests.services import unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fresh_keyspace(cassandra, monkeypatch):
+    """A keyspace no migration has touched, named in the CLI's environment, dropped afterwards."""
+    name = f"clickagg_test_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("CASSANDRA_KEYSPACE", name)
+    yield name
+    cassandra.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
+
+
+def test_migrations_create_the_schema_once_and_record_it(cassandra, fresh_keyspace, capsys):
+    assert cli.main(["migrate"]) == 0
+    assert cli.main(["migrate"]) == 0
+
+    first, again = capsys.readouterr().out.strip().splitlines()
+    assert first == f"keyspace {fresh_keyspace}: applied [1]"
+    assert again == f"keyspace {fresh_keyspace}: schema up to date"
+    tables = {row.table_name for row in cassandra.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", [fresh_keyspace])}
+    assert {"ads", "raw_clicks", "clicks_by_impression", "schema_migrations"} <= tables
+    assert [row.version for row in cassandra.execute(f"SELECT version FROM {fresh_keyspace}.schema_migrations")] == [1]
+
+
+def test_the_cli_creates_lists_pauses_and_resumes_an_ad_and_mints_its_click_url(store, cfg, capsys):
+    ad_id, advertiser_id = unique("cli-ad"), unique("cli-adv")
+
+    assert cli.main(["ads", "create", "--ad-id", ad_id, "--advertiser-id", advertiser_id,
+                     "--url", "javascript:alert(1)"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert store.get_ad(ad_id) is None
+
+    assert cli.main(["ads", "create", "--ad-id", ad_id, "--advertiser-id", advertiser_id,
+                     "--url", "https://shop.example.com/cli"]) == 0
+    assert cli.main(["ads", "list"]) == 0
+    assert f"{ad_id}\t{advertiser_id}\tactive\thttps://shop.example.com/cli" in capsys.readouterr().out.splitlines()
+
+    assert cli.main(["ads", "pause", "--ad-id", ad_id]) == 0
+    assert store.get_ad(ad_id).status == "paused"
+    assert cli.main(["ads", "resume", "--ad-id", ad_id]) == 0
+    assert store.get_ad(ad_id).status == "active"
+    assert cli.main(["ads", "pause", "--ad-id", unique("no-such-ad")]) == 1
+
+    capsys.readouterr()
+    assert cli.main(["mint", "--ad-id", ad_id, "--user-id", "u-7"]) == 0
+    url = capsys.readouterr().out.strip()
+    impression = verify(parse_qs(urlsplit(url).query)["t"][0], cfg["SIGNING_KEYS"])
+    assert (urlsplit(url).path, impression.ad_id, impression.user_id) == ("/click", ad_id, "u-7")
+
+
+def test_a_stored_click_expires_after_the_raw_click_ttl(cassandra, cfg):
+    store = CassandraStore(cassandra, cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
+    impression = Impression(new_impression_id(), unique("ttl-ad"), int(datetime.now(timezone.utc).timestamp()),
+                            cfg["SIGNING_KEY_ID"], None)
+    browser = RequestInfo("GET", "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0", "203.0.113.9", None, {})
+    click = events.build_click(impression, "adv", browser, datetime.now(timezone.utc), events.VALID, None, b"salt")
+
+    store.save_click(click)
+
+    keyspace = cfg["CASSANDRA_KEYSPACE"]
+    [raw] = cassandra.execute(f"SELECT TTL(status) AS ttl FROM {keyspace}.raw_clicks WHERE minute = %s AND shard = %s "
+                              "AND impression_id = %s", (click.minute, click.shard(cfg["RAW_CLICK_SHARDS"]), click.impression_id))
+    [by_impression] = cassandra.execute(f"SELECT TTL(status) AS ttl FROM {keyspace}.clicks_by_impression "
+                                        "WHERE impression_id = %s", [click.impression_id])
+    assert 3500 < raw.ttl <= 3600 and 3500 < by_impression.ttl <= 3600
