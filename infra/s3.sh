@@ -22,10 +22,11 @@ start() {
   require_venv
   [[ -x "$VENV/bin/weed" ]] || die "weed is missing from $VENV; run: make install"
   require_free_port "$S3_PORT" S3_PORT
-  # Its master, volume, filer and admin servers, and the gRPC ports weed puts 10000 above the first three.
-  for port in $((S3_BASE_PORT + 1)) $((S3_BASE_PORT + 2)) $((S3_BASE_PORT + 3)) $((S3_BASE_PORT + 4)) \
-              $((S3_BASE_PORT + 10001)) $((S3_BASE_PORT + 10002)) $((S3_BASE_PORT + 10003)); do
+  require_free_port $((S3_PORT + 10000)) S3_PORT  # the S3 server's gRPC port
+  # Its master, volume, filer and admin servers, each with a gRPC port 10000 above.
+  for port in $((S3_BASE_PORT + 1)) $((S3_BASE_PORT + 2)) $((S3_BASE_PORT + 3)) $((S3_BASE_PORT + 4)); do
     require_free_port "$port" S3_BASE_PORT
+    require_free_port $((port + 10000)) S3_BASE_PORT
   done
   mkdir -p "$DATA_DIR"
   say "starting S3 on $S3_ENDPOINT (bucket $S3_BUCKET, data $DATA_DIR, log $LOG)"
