@@ -42,10 +42,12 @@ lint: ## Ruff over the code
 sql: ## Open a read-only SQL shell on the warehouse (works while loads run)
 	@$(PY) -m warehouse.cli
 
-backfill: ## Re-run the minute rollup over a range: make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00
-	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=<UTC start> TO=<UTC end>"; exit 2; }
-	@$(PY) -m infra.airflow_api unpause rollup_clicks_minute
-	@$(INFRA)/airflow.sh cli backfill create --dag-id rollup_clicks_minute --from-date "$(FROM)" --to-date "$(TO)" --reprocess-behavior completed --max-active-runs 1
+BACKFILL_DAG := $(or $(DAG),rollup_clicks_minute)
+
+backfill: ## Re-run a DAG over a range (default the minute rollup): make backfill FROM=2026-11-27T10:00 TO=2026-11-27T12:00 [DAG=reconcile_clicks_hourly]
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=<UTC start> TO=<UTC end> [DAG=<dag id>]"; exit 2; }
+	@$(PY) -m infra.airflow_api unpause $(BACKFILL_DAG)
+	@$(INFRA)/airflow.sh cli backfill create --dag-id $(BACKFILL_DAG) --from-date "$(FROM)" --to-date "$(TO)" --reprocess-behavior completed --max-active-runs 1
 
 lock: ## Re-resolve requirements.txt into requirements.lock
 	@source infra/env.sh && $$VENV/bin/pip freeze --exclude-editable | sed '1i # Exact versions of every Python package, resolved from requirements.txt; used as pip constraints.\n# Refresh: make lock' > requirements.lock
