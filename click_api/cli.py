@@ -54,6 +54,12 @@ def cmd_ads(cfg, args) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        existing = store.get_ad(args.ad_id)
+        if existing is not None and existing.advertiser_id != args.advertiser_id:
+            # The rollups count an ad's minute under one advertiser; a click of either would not add up.
+            print(f"error: ad {args.ad_id} belongs to advertiser {existing.advertiser_id}; an ad cannot move to "
+                  "another advertiser, create a new ad instead", file=sys.stderr)
+            return 2
         store.put_ad(Ad(args.ad_id, args.advertiser_id, url, AD_STATUS_ACTIVE))
         print(f"ad {args.ad_id} of advertiser {args.advertiser_id} -> {url}")
         return 0

@@ -52,6 +52,14 @@ def test_the_cli_creates_lists_pauses_and_resumes_an_ad_and_mints_its_click_url(
     assert cli.main(["ads", "list"]) == 0
     assert f"{ad_id}\t{advertiser_id}\tactive\thttps://shop.example.com/cli" in capsys.readouterr().out.splitlines()
 
+    capsys.readouterr()
+    assert cli.main(["ads", "create", "--ad-id", ad_id, "--advertiser-id", unique("other-adv"),
+                     "--url", "https://shop.example.com/cli"]) == 2
+    assert f"ad {ad_id} belongs to advertiser {advertiser_id}" in capsys.readouterr().err
+    assert store.get_ad(ad_id).advertiser_id == advertiser_id
+    assert cli.main(["ads", "create", "--ad-id", ad_id, "--advertiser-id", advertiser_id,
+                     "--url", "https://shop.example.com/cli?v=2"]) == 0  # its own advertiser may change the URL
+
     assert cli.main(["ads", "pause", "--ad-id", ad_id]) == 0
     assert store.get_ad(ad_id).status == "paused"
     assert cli.main(["ads", "resume", "--ad-id", ad_id]) == 0
