@@ -16,10 +16,10 @@ from warehouse import client as warehouse_client
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULE = os.environ.get("ROLLUP_SCHEDULE", "* * * * *")
-LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
-LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
+WINDOWS = Windows.from_env(os.environ)
+LATENESS_S = WINDOWS.rollup_lateness
+LOOKBACK_S = WINDOWS.rollup_lookback
 MAX_WINDOW_S = int(os.environ.get("ROLLUP_MAX_WINDOW_S", "3600"))
-RAW_CLICK_TTL_S = Windows.from_env(os.environ).raw_click_ttl
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
 
@@ -47,6 +47,7 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
         end = data_interval_end
         if lookback and watermark is not None and watermark < start:
             start, end = watermark, min(end, watermark + timedelta(seconds=MAX_WINDOW_S))
+            log.warning("catching up from the watermark %s: rolling up [%s, %s)", watermark, start, end)
     if end <= start or start.second or end.second or start.microsecond or end.microsecond:
         raise ValueError(f"the window [{start}, {end}) must be whole minutes, end after start")
     output = f"{STAGING_DIR}/fct_clicks_minute/{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
@@ -86,16 +87,13 @@ def rollup_clicks_minute():
         watermark = None
         if not (is_backfill or conf):
             watermark = warehouse_client.watermark()
-            oldest = oldest_held(data_interval_end, RAW_CLICK_TTL_S)  # a scheduled run's interval is recent
+            oldest = oldest_held(data_interval_end, WINDOWS.raw_click_ttl)  # a scheduled run's interval is recent
             if watermark is not None and watermark < oldest:
                 log.warning("the watermark %s is older than the raw clicks Cassandra still holds (from %s): "
                             "those minutes cannot be rolled up again, so this run does not reach back to it",
                             watermark, oldest)
                 watermark = None
-        window = plan(conf, data_interval_start, data_interval_end, lookback=not is_backfill, watermark=watermark)
-        if watermark is not None and watermark < data_interval_start - timedelta(seconds=LOOKBACK_S):
-            log.warning("catching up from the watermark %s: rolling up [%s, %s)", watermark, window["start"], window["end"])
-        return window
+        return plan(conf, data_interval_start, data_interval_end, lookback=not is_backfill, watermark=watermark)
 
     # Poke mode: the wait is the lateness (20 s by default), and rescheduling through the scheduler
     # between pokes took that long again on two cores, enough to push a run past its minute.
