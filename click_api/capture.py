@@ -117,6 +117,7 @@ class ClickService:
         except Exception as error:
             mirrored = self.ad_mirror.get(ad_id) if self.ad_mirror else None
             if mirrored is None:
+                log.warning("ad %s cannot be looked up (cassandra: %s; not in the mirror): answering 503", ad_id, error)
                 raise AdUnavailable(ad_id) from error
             return mirrored
         if ad is not None and self.ad_mirror is not None:

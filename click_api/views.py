@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import html
 import logging
+import os
 import time
 from datetime import datetime, timezone
 
@@ -121,7 +122,8 @@ def readyz():
     # Clicks are still accepted with Cassandra down (they are spooled), so only an
     # unwritable service is "not ready"; Redis down only slows duplicate labelling.
     ready = checks["cassandra"] == "ok" or services.spool is not None
-    return jsonify(ready=ready, checks=checks, spool_depth=depth), 200 if ready else 503
+    # Each gunicorn worker has its own Cassandra session; the pid says which one answered.
+    return jsonify(ready=ready, checks=checks, spool_depth=depth, worker=os.getpid()), 200 if ready else 503
 
 
 @bp.get("/metrics")

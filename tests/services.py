@@ -44,6 +44,25 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
         time.sleep(interval)
 
 
+def wait_click_workers_reach_cassandra(timeout: float) -> None:
+    """Wait until every gunicorn worker of the click service has its Cassandra session back.
+
+    Each worker reconnects on its own schedule after an outage; until it has, it answers 503 for
+    ads it has not cached. A fresh connection per probe lets the workers' accept loop spread them.
+    """
+    from click_api import gunicorn_conf
+
+    reached: set[int] = set()
+
+    def all_reached() -> bool:
+        body = requests.get(f"{click_base_url()}/readyz", headers={"Connection": "close"}, timeout=10).json()
+        if body["checks"]["cassandra"] == "ok":
+            reached.add(body["worker"])
+        return len(reached) >= gunicorn_conf.workers
+
+    wait_for(all_reached, timeout, f"all {gunicorn_conf.workers} click service workers to reach Cassandra", 0.1)
+
+
 def warehouse_sql(sql: str, params: list | None = None) -> list[list]:
     response = requests.post(f"{os.environ['WAREHOUSE_URL']}/sql", json={"sql": sql, "params": params}, timeout=60)
     assert response.status_code == 200, response.text

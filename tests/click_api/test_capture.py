@@ -237,7 +237,7 @@ def test_unknown_ad_is_remembered_too(service, store, cfg):
     assert store.ad_reads == 1
 
 
-def test_store_down_before_the_ad_is_known_answers_503_without_claiming(service, store, deduper, spool, cfg):
+def test_store_down_before_the_ad_is_known_answers_503_without_claiming(service, store, deduper, spool, cfg, caplog):
     store.down = True
 
     outcome = service.handle(token_for(cfg), browser(), NOW)
@@ -245,6 +245,7 @@ def test_store_down_before_the_ad_is_known_answers_503_without_claiming(service,
     assert (outcome.status_code, outcome.reason, outcome.location) == (503, "unavailable", None)
     assert deduper.seen == set()
     assert spool.depth() == 0
+    assert "cannot be looked up" in caplog.text and "answering 503" in caplog.text
 
 
 def test_expired_cache_entry_is_used_while_the_store_is_down(tmp_path, store, deduper):

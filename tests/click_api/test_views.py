@@ -1,3 +1,4 @@
+import os
 import re
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -225,7 +226,9 @@ def test_readyz_reports_every_service_ok(client):
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.get_json() == {"ready": True, "checks": {"cassandra": "ok", "redis": "ok"}, "spool_depth": 0}
+    assert response.get_json() == {
+        "ready": True, "checks": {"cassandra": "ok", "redis": "ok"}, "spool_depth": 0, "worker": os.getpid(),
+    }
 
 
 def test_readyz_reports_cassandra_and_redis_down(client, store, deduper):

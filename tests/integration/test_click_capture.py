@@ -9,7 +9,7 @@ import pytest
 
 from click_api.storage import Ad
 from tests.integration.conftest import stored_clicks
-from tests.services import click_base_url, infra, unique, wait_for
+from tests.services import click_base_url, infra, unique, wait_click_workers_reach_cassandra, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +155,7 @@ def test_cassandra_outage_spools_clicks_and_replays_each_exactly_once(http, ad, 
 
     wait_for(lambda: http.get(f"{click_base_url()}/readyz").json()["spool_depth"] == 0, 120, "the spool to drain")
     wait_for(lambda: _answers(cassandra), 60, "this test's Cassandra session to reconnect")
+    wait_click_workers_reach_cassandra(60)  # the tests after this one expect a whole service
     for (_, impression_id), response in zip(links, responses, strict=True):
         rows = stored_clicks(cassandra, cfg, impression_id)
         click_id = parse_qs(urlsplit(response.headers["Location"]).query)["clickagg_cid"][0]
