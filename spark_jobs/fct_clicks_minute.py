@@ -7,7 +7,8 @@ Reads only the interval's partitions of raw_clicks: the partition key is (minute
 the job builds the list of (minute, shard) keys of the interval and joins it with the table;
 the connector turns that join into one read per partition (a "Cassandra Direct Join") instead
 of a scan. The same is done on clicks_by_impression to find each impression's first click,
-wherever in time it happened: that click alone is billable, whatever Redis said.
+wherever in time it happened: that click alone is billable, whatever Redis said. ``--explain``
+prints both plans and exits.
 
 Writes two Parquet datasets under --output: ``minute`` (one row per ad and minute) and
 ``users`` (the distinct hashed users behind the billable clicks of each ad and minute, from
@@ -180,11 +181,16 @@ def load(facts: DataFrame, users: DataFrame, output: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = window_parser(__doc__.split("\n")[0])
-    parser.add_argument("--output", required=True, help="folder (or s3a:// URL) for the Parquet output")
+    parser.add_argument("--output", help="folder (or s3a:// URL) for the Parquet output (required unless --explain)")
     parser.add_argument("--keyspace", default=os.environ.get("CASSANDRA_KEYSPACE", "clickagg"))
     parser.add_argument("--shards", type=int, default=int(os.environ.get("RAW_CLICK_SHARDS", "16")))
     parser.add_argument("--master", help="Spark master when not run by spark-submit, e.g. local[2]")
+    parser.add_argument("--explain", action="store_true",
+                        help="print the physical plans of the Cassandra reads (one read per partition, no scan) "
+                             "and exit without reading or writing")
     args = parser.parse_args(argv)
+    if not args.output and not args.explain:
+        parser.error("--output is required")
     minutes_between(args.start, args.end)  # validate before starting Spark
     oldest = oldest_held(datetime.now(timezone.utc), Windows.from_env(os.environ).raw_click_ttl)
     if args.start < oldest:
@@ -197,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clicks, impression_clicks = extract(spark, args.keyspace, args.start, args.end, args.shards,
                                             timedelta(seconds=args.clock_skew_s))
+        if args.explain:
+            for name, frame in (("raw_clicks of the window", clicks), ("earlier clicks of its impressions", impression_clicks)):
+                print(f"== {name} ==", flush=True)
+                frame.explain()
+            return 0
         labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)
         load(transform_minute_facts(labelled), transform_minute_users(labelled), args.output)
         # The summary comes from the small output, not from another pass over the raw clicks (at 3M
