@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from click_api.windows import Windows
 from spark_jobs.session import parse_utc
 from warehouse import client as warehouse_client
 
-LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
+LOOKBACK_S = Windows.from_env(os.environ).rollup_lookback
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
 
 

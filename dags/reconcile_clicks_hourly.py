@@ -11,12 +11,14 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
+from click_api.windows import Windows
 from spark_jobs.session import parse_utc, submit_options
 from warehouse import client as warehouse_client
 
 REPO = Path(__file__).resolve().parents[1]
-LATENESS_S = int(os.environ.get("ROLLUP_LATENESS_S", "20"))
-LOOKBACK_S = int(os.environ.get("ROLLUP_LOOKBACK_S", "600"))
+WINDOWS = Windows.from_env(os.environ)
+LATENESS_S = WINDOWS.rollup_lateness
+LOOKBACK_S = WINDOWS.rollup_lookback
 MARGIN_S = int(os.environ.get("RECONCILE_MARGIN_S", "120"))
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026-01-01T00:00:00+00:00"))
@@ -36,8 +38,6 @@ def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
     """The hour a run reconciles and how: ``conf`` ``hour`` (or ``start``/``end``) of a manual run,
     else the data interval; ``conf`` ``dump`` false recomputes from the existing dumps only, and
     ``drift_threshold`` overrides RECONCILE_DRIFT_THRESHOLD for that run."""
-    from click_api.windows import Windows
-
     windows = Windows.from_env(environ)
     if conf.get("hour"):
         start = parse_utc(conf["hour"])
@@ -253,8 +253,6 @@ def reconcile_clicks_hourly():
     @task
     def delete_expired_dumps() -> dict:
         """Delete the S3 dumps (manifest first, then data) of hours older than DUMP_RETENTION_S."""
-        from click_api.windows import Windows
-
         result = _store().delete_expired(datetime.now(timezone.utc), Windows.from_env(os.environ).dump_retention)
         log.info("retention: deleted %d hours before %s", len(result["hours_deleted"]), result["cutoff"])
         return result
