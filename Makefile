@@ -4,7 +4,7 @@ SHELL := /bin/bash
 INFRA := infra
 PY := source infra/env.sh && PYTHONPATH=$(CURDIR) $$VENV/bin/python
 
-.PHONY: help install up down status run demo test test-unit test-integration ui-check lint sql backfill lock
+.PHONY: help install up down status run demo test test-unit ui-check lint sql backfill lock
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'

@@ -34,7 +34,7 @@ ready() {
 from cassandra.cluster import Cluster
 from cassandra.policies import DCAwareRoundRobinPolicy
 c = Cluster(["$CASSANDRA_HOST"], port=$CASSANDRA_PORT, connect_timeout=2,
-            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc="datacenter1"), protocol_version=5)
+            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc="${CASSANDRA_LOCAL_DC:-datacenter1}"), protocol_version=5)
 s = c.connect()
 s.execute("SELECT release_version FROM system.local")
 c.shutdown()

@@ -51,8 +51,10 @@ export SPARK_DRIVER_MEMORY="${SPARK_DRIVER_MEMORY:-2g}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 
 # A development secret so the demo works out of the box; production sets its own.
-export CLICK_SIGNING_KEYS="${CLICK_SIGNING_KEYS:-k1:dev-signing-key-change-me}"
-export CLICK_SIGNING_KEY_ID="${CLICK_SIGNING_KEY_ID:-k1}"
+if [[ -z "${CLICK_SIGNING_KEYS:-}" ]]; then
+  export CLICK_SIGNING_KEYS="k1:dev-signing-key-change-me"
+  export CLICK_SIGNING_KEY_ID="${CLICK_SIGNING_KEY_ID:-k1}"
+fi
 
 mkdir -p "$LOG_DIR" "$RUN_DIR"
 

@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta
 
 import duckdb
 
-from warehouse.loads import ROLLUP_TABLES, WRITE_LOCK, watermark
+from warehouse.loads import ROLLUP_TABLES, WRITE_LOCK, record_load_hours, watermark
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def compact_day(con: duckdb.DuckDBPyConnection, day: date) -> CompactionResult:
                 raise DayNotClosed(f"{day} is not closed: the minute rollup is complete through {complete_through} "
                                    f"and must reach {end} first")
             corrected = sum(_recount_unique_users(cur, unit, start, end) for unit in ROLLUP_TABLES)
+            if corrected:  # values changed: cached reads of the day must not serve the old ones
+                record_load_hours(cur, start, end, f"compaction-{day.isoformat()}")
             counts = {}
             for table, grain, order in _TABLES:
                 counts[table] = _rewrite(cur, table, f"SELECT * FROM {table}", order,

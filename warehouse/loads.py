@@ -160,15 +160,21 @@ def replace_interval(
         "INSERT INTO meta_loads VALUES (?, 'fct_clicks_minute', ?, ?, ?, ?, now()::TIMESTAMP)",
         [load_id, start, end, deleted, inserted],
     )
+    record_load_hours(cur, start, end, load_id)
+    for table in ("touched", "users_before", "users_after"):
+        cur.execute(f"DROP TABLE {table}")
+    return LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)
+
+
+def record_load_hours(cur: duckdb.DuckDBPyConnection, start: datetime, end: datetime, load_id: str) -> None:
+    """Count a write to the facts of [start, end) in meta_load_hours: the metrics API's cached chunks
+    of those hours (and their days) are versioned by it, so they are read afresh."""
     cur.execute(
         f"""INSERT INTO meta_load_hours
             SELECT unnest({LOAD_HOURS.format(start="?::TIMESTAMP", end="?::TIMESTAMP")}), 1, ?
             ON CONFLICT (hour_at) DO UPDATE SET loads = meta_load_hours.loads + 1, last_load_id = excluded.last_load_id""",
         [start, end, load_id],
     )
-    for table in ("touched", "users_before", "users_after"):
-        cur.execute(f"DROP TABLE {table}")
-    return LoadResult(load_id, start, end, deleted, inserted, users, hours, days, watermark)
 
 
 def refresh_rollup(cur: duckdb.DuckDBPyConnection, unit: str, start: datetime, end: datetime) -> int:

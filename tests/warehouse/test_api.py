@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
 
-from warehouse import api, connect, loads, schema
+from warehouse import api, compaction, connect, loads, schema
 from warehouse.server import create_app
 
 TOKEN = "admin-token"
@@ -615,6 +615,22 @@ def test_a_load_over_a_cached_day_is_seen_at_once(fresh, tmp_path):
     assert after["rows"] != before["rows"]
     assert [row for row in after["rows"] if row[0] == "2026-03-08T06:00:00-04:00"][0][1] > \
         [row for row in before["rows"] if row[0] == "2026-03-08T06:00:00-04:00"][0][1]
+
+
+def test_a_compaction_that_corrects_a_cached_day_is_seen_at_once(fresh):
+    client, key_a, con = fresh
+    params = {"granularity": "day", "tz": "UTC", "from": "2026-03-07", "to": "2026-03-09"}
+    con.execute("UPDATE fct_clicks_day SET unique_users = 999 WHERE ad_id = 'ad-1' AND day_at = '2026-03-08'")
+    wrong = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
+    assert datetime(2026, 3, 8) in cached_chunks(client)
+    assert [row for row in wrong["rows"] if row[0].startswith("2026-03-08")][0][-1] == 999
+
+    assert compaction.compact_day(con, date(2026, 3, 8)).unique_users_corrected == 1
+    after = series(client, key_a, "/v1/ads/ad-1/series", **params).get_json()
+
+    expected = reference(con, "UTC", "day", utc(after["from"]), utc(after["to"]), "adv-A", "ad-1")
+    assert after["rows"] == [[label(at, "UTC"), *values] for _, at, *values in expected]
+    assert [row for row in after["rows"] if row[0].startswith("2026-03-08")][0][-1] != 999
 
 
 def test_a_load_reads_again_only_the_hours_it_wrote(fresh, tmp_path):
