@@ -774,11 +774,11 @@ def secret_matches(secret: str, stored: str) -> bool:
 class KeyCache:
     """Key rows by key_id for a few seconds, so a request costs no warehouse lookup for its key."""
 
-    def __init__(self, ttl: float, max_entries: int = 10_000):
-        self.ttl, self.max_entries, self.lock, self.rows = ttl, max_entries, threading.Lock(), {}
+    def __init__(self, ttl: float, max_entries: int = 10_000, clock=time.monotonic):
+        self.ttl, self.max_entries, self.clock, self.lock, self.rows = ttl, max_entries, clock, threading.Lock(), {}
 
     def get(self, key_id: str, load):
-        now = time.monotonic()
+        now = self.clock()
         with self.lock:
             hit = self.rows.get(key_id)
         if hit and now - hit[0] < self.ttl:

@@ -357,7 +357,7 @@ def test_a_fixed_rate_spreads_the_clicks_over_time():
         result = loadgen.run_plan(plan, RunOptions(port=server.port, concurrency=4, rate=200, progress_every=0))
 
     span = result.clicks[-1].sent_at - result.clicks[0].sent_at
-    assert 0.23 <= span < 0.6  # 49 gaps of 5 ms
+    assert span >= 0.23  # 49 gaps of 5 ms: the rate holds clicks back (a busy machine may only be slower)
     assert result.elapsed_s >= 0.24
 
 
@@ -367,8 +367,9 @@ def test_a_duration_stops_the_run_before_the_plan_ends():
         result = loadgen.run_plan(plan, RunOptions(port=server.port, concurrency=2, rate=100, duration=0.3,
                                                    progress_every=0))
 
+    # Only clicks due before the deadline (one every 10 ms) are sent; a slow machine sends fewer.
     assert not result.plan_exhausted
-    assert 25 <= len(result.clicks) <= 31
+    assert 0 < len(result.clicks) <= 31
     assert all(c.http_status == 302 for c in result.clicks)
 
 

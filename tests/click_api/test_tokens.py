@@ -45,9 +45,13 @@ def test_round_trip_without_a_user_gives_none():
 def test_token_has_version_key_id_payload_and_signature():
     token = mint(Impression(IMPRESSION_ID, "ad-1", ISSUED_AT, "k1"), KEYS)
 
-    version, key_id, _, _ = token.split(".")
+    version, key_id, payload, signature = token.split(".")
 
     assert (version, key_id) == ("v1", "k1")
+    assert json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))) == {
+        "i": IMPRESSION_ID, "a": "ad-1", "t": ISSUED_AT}
+    expected = hmac.new(KEYS["k1"], f"{version}.{key_id}.{payload}".encode(), hashlib.sha256).digest()
+    assert signature == base64.urlsafe_b64encode(expected).rstrip(b"=").decode()
 
 
 def test_independently_signed_payload_verifies():
@@ -167,7 +171,7 @@ def test_genuinely_signed_payload_that_is_not_json_is_malformed():
 def test_non_ascii_signature_is_rejected_as_a_token_error():
     token = mint(Impression(IMPRESSION_ID, "ad-1", ISSUED_AT, "k1"), KEYS)
 
-    assert reason_of(token[:-1] + "\u00e9") in ("malformed", "bad_signature")
+    assert reason_of(token[:-1] + "\u00e9") == "malformed"
 
 
 def test_parse_keys_reads_a_ring_and_keeps_colons_in_secrets():

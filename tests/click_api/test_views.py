@@ -7,7 +7,7 @@ import pytest
 
 from click_api import create_app
 from click_api.spool import Spool
-from click_api.tokens import Impression, mint, new_impression_id, verify
+from click_api.tokens import MAX_ID_LENGTH, Impression, mint, new_impression_id, verify
 from click_api.wiring import make_click_service
 from tests.conftest import unit_config
 
@@ -207,13 +207,13 @@ def test_impressions_accepts_the_right_mint_token(guarded_client):
 
 
 def test_impressions_never_hands_out_a_url_that_click_rejects(client):
-    response = client.post("/impressions", json={"ad_id": "ad-1", "user_id": "u" * 800})
+    longest = client.post("/impressions", json={"ad_id": "ad-1", "user_id": "u" * MAX_ID_LENGTH})
+    too_long = client.post("/impressions", json={"ad_id": "ad-1", "user_id": "u" * (MAX_ID_LENGTH + 1)})
 
-    if response.status_code == 201:
-        url = response.get_json()["click_url"]
-        assert client.get(url.removeprefix("http://clicks.test"), headers=BROWSER).status_code == 302
-    else:
-        assert response.status_code == 400
+    assert longest.status_code == 201
+    url = longest.get_json()["click_url"]
+    assert client.get(url.removeprefix("http://clicks.test"), headers=BROWSER).status_code == 302
+    assert too_long.status_code == 400
 
 
 def test_healthz(client):

@@ -90,7 +90,7 @@ def test_runs_are_serial_retried_and_not_caught_up(dag):
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.start_date == datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert dag.doc_md
+    assert "a lookback of 600s" in dag.doc_md and "make backfill" in dag.doc_md
     assert all(task.retries >= 1 for task in dag.tasks)
 
 

@@ -143,12 +143,14 @@ def test_a_manual_run_without_an_hour_has_nothing_to_reconcile(dag):
 
 
 @pytest.mark.parametrize(
-    ("ended_ago", "done"),
-    [(timedelta(hours=1), True), (timedelta(minutes=10), False), (timedelta(hours=-1), False)],
-    ids=["settled", "within-the-lookback", "not-closed"],
+    ("past_settling", "done"),
+    [(timedelta(seconds=5), True), (timedelta(seconds=-5), False), (timedelta(hours=-2), False)],
+    ids=["settled", "within-the-margin", "not-closed"],
 )
-def test_the_sensor_waits_for_the_lookback_lateness_and_margin(dag, ended_ago, done):
-    end = datetime.now(timezone.utc) - ended_ago
+def test_the_sensor_waits_for_the_lookback_lateness_and_margin(dag, past_settling, done):
+    settling = timedelta(seconds=module(dag).LOOKBACK_S + module(dag).LATENESS_S + module(dag).MARGIN_S)
+    assert settling == timedelta(seconds=600 + 20 + 120)  # the defaults the README gives
+    end = datetime.now(timezone.utc) - settling - past_settling
 
     result = dag.get_task("wait_for_hour_to_settle").python_callable({"end": end.isoformat()})
 
@@ -237,10 +239,8 @@ def test_plan_dump_dumps_from_the_first_earlier_hour_without_a_dump(dag, s3):
     assert ti.pushed["dump"] == {"start": (hour - 2 * HOUR).isoformat(), "end": (hour + HOUR).isoformat()}
 
 
-def test_plan_dump_goes_straight_to_verify_when_nothing_is_to_be_dumped(dag, s3):
+def test_plan_dump_goes_straight_to_verify_when_the_conf_says_not_to_dump(dag, s3):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
-    for h in raw_dumps.horizon_hours(hour, 10800):
-        publish(s3, h)
     ti = FakeTaskInstance()
 
     assert dag.get_task("plan_dump").python_callable(recent_window(dag, hour, dump=False), ti=ti) == "verify_dumps"
@@ -267,13 +267,15 @@ def test_a_missing_dump_fails_verify_without_retrying_and_says_which(dag, s3):
         dag.get_task("verify_dumps").python_callable(plan_hour(dag, conf={}))
 
 
-def test_a_dump_whose_files_differ_from_its_manifest_fails_verify(dag, s3):
+def test_a_dump_whose_files_differ_from_its_manifest_fails_verify_without_retrying(dag, s3):
+    from airflow.sdk.exceptions import AirflowFailException
+
     for h in [H10 - 3 * HOUR, H10 - 2 * HOUR, H10 - HOUR]:
         publish(s3, h)
     manifest = publish(s3, H10)
     s3.put("bucket", manifest.files[0][0], b"12")
 
-    with pytest.raises(Exception, match="has 2 bytes, the manifest says 4"):
+    with pytest.raises(AirflowFailException, match="has 2 bytes, the manifest says 4"):
         dag.get_task("verify_dumps").python_callable(plan_hour(dag, conf={}))
 
 

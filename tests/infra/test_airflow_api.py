@@ -33,8 +33,10 @@ class ScriptedHTTP:
         self.requests: list[tuple[str, str]] = []
         self.logins = 0
         self.params: list[dict | None] = []
+        self.timeouts: list[float | None] = []
 
     def request(self, method, url, **kwargs):
+        self.timeouts.append(kwargs.get("timeout"))
         path = url.removeprefix("http://airflow")
         if path == "/auth/token":
             self.logins += 1
@@ -135,9 +137,13 @@ def test_a_call_never_answered_is_an_error_that_says_so():
     assert len(http.requests) == 3
 
 
-def test_the_client_waits_longer_than_the_metadata_database_waits_for_its_lock():
-    api, _ = client()
-    assert api.timeout > BUSY_TIMEOUT_SECONDS
+def test_every_call_waits_longer_than_the_metadata_database_waits_for_its_lock():
+    api, http = client(Reply(200, "{}"))
+
+    api.set_paused("rollup", True)
+
+    assert len(http.timeouts) == 2  # the login and the call
+    assert all(t is not None and t > BUSY_TIMEOUT_SECONDS for t in http.timeouts), http.timeouts
 
 
 def test_a_login_the_server_does_not_answer_in_time_is_repeated():

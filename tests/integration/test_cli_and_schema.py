@@ -73,7 +73,7 @@ def test_the_cli_creates_lists_pauses_and_resumes_an_ad_and_mints_its_click_url(
     assert (urlsplit(url).path, impression.ad_id, impression.user_id) == ("/click", ad_id, "u-7")
 
 
-def test_a_stored_click_expires_after_the_raw_click_ttl(cassandra, cfg):
+def test_a_stored_click_is_written_with_the_raw_click_ttl(cassandra, cfg):
     store = CassandraStore(cassandra, cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
     impression = Impression(new_impression_id(), unique("ttl-ad"), int(datetime.now(timezone.utc).timestamp()),
                             cfg["SIGNING_KEY_ID"], None)

@@ -275,6 +275,7 @@ def test_minute_users_are_the_distinct_users_of_billable_clicks(spark):
     }
 
 
+@pytest.mark.spark
 def test_impressions_stamped_before_the_window_start_plus_the_clock_skew_may_have_earlier_clicks(spark):
     skew = timedelta(seconds=10)
     issued = [at(-30), at(0, -1), at(0), at(0, 9), at(0, 10), at(1)]
