@@ -138,7 +138,9 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
    day rows, record the report in `meta_reconciliations` (also on `GET /metrics` of the warehouse service);
 6. **check the drift**: when billable clicks plus unique users differed by more than `RECONCILE_DRIFT_THRESHOLD`
    (a share of the hour's total), the hour **has already been repaired and recorded**, and this task fails
-   so that someone looks at why.
+   so that someone looks at why;
+7. **check the quality** of the repaired hour, as the minute rollup checks its window (keys unique and not
+   null, counts possible): a violation fails the run.
 
 A missing dump, or a dump that does not match its manifest, fails the run (no retry) with a message saying
 which, and is recorded as `failed` in `meta_reconciliations`. A dump that retention deleted
@@ -251,6 +253,11 @@ def reconcile_clicks_hourly():
             raise AirflowFailException(message)
 
     @task
+    def check_quality(window: dict) -> None:
+        """Fail the run when the repaired hour has a duplicated or null key, or an impossible count."""
+        warehouse_client.require_quality(window["start"], window["end"])
+
+    @task
     def delete_expired_dumps() -> dict:
         """Delete the S3 dumps (manifest first, then data) of hours older than DUMP_RETENTION_S."""
         result = _store().delete_expired(datetime.now(timezone.utc), Windows.from_env(os.environ).dump_retention)
@@ -265,6 +272,7 @@ def reconcile_clicks_hourly():
     report = compare_and_repair(window)
     recompute >> report
     check_drift(report)
+    report >> check_quality(window)
     delete_expired_dumps()
 
 

@@ -123,10 +123,7 @@ def rollup_clicks_minute():
     @task
     def check_quality(window: dict) -> None:
         """Fail the run when a key is duplicated or null, or a count is impossible."""
-        bounds = {"start": window["start"], "end": window["end"]}
-        report = warehouse_client.call("POST", "/internal/checks", bounds, timeout=300)
-        if not report["passed"]:
-            raise ValueError("data-quality checks failed: " + "; ".join(report["failures"]))
+        warehouse_client.require_quality(window["start"], window["end"])
 
     window = plan_window()
     loaded = load_warehouse(window)

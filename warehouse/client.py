@@ -31,6 +31,13 @@ def call(method: str, path: str, body: dict | None = None, timeout: float = 60,
     return response.json()
 
 
+def require_quality(start: str, end: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Run the warehouse's data-quality checks over [start, end); raise ValueError naming each failure."""
+    report = call("POST", "/internal/checks", {"start": start, "end": end}, timeout=300, environ=environ)
+    if not report["passed"]:
+        raise ValueError("data-quality checks failed: " + "; ".join(report["failures"]))
+
+
 def watermark(environ: Mapping[str, str] = os.environ) -> datetime | None:
     """The rollup's watermark (UTC): the minute fct_clicks_minute is complete up to; None before any load."""
     value = call("GET", "/healthz", timeout=30, environ=environ)["complete_through"]

@@ -51,14 +51,14 @@ def test_the_tasks_wait_dump_verify_recompute_repair_then_check(dag):
 
     assert set(dag.task_ids) == {
         "plan_hour", "wait_for_hour_to_settle", "plan_dump", "dump_raw_clicks", "verify_dumps",
-        "recompute_from_dumps", "compare_and_repair", "check_drift", "delete_expired_dumps",
+        "recompute_from_dumps", "compare_and_repair", "check_drift", "check_quality", "delete_expired_dumps",
     }
     assert edges == {
         ("plan_hour", "wait_for_hour_to_settle"), ("wait_for_hour_to_settle", "plan_dump"), ("plan_hour", "plan_dump"),
         ("plan_dump", "dump_raw_clicks"), ("plan_dump", "verify_dumps"), ("dump_raw_clicks", "verify_dumps"),
         ("plan_hour", "verify_dumps"), ("verify_dumps", "recompute_from_dumps"),
         ("recompute_from_dumps", "compare_and_repair"), ("plan_hour", "compare_and_repair"),
-        ("compare_and_repair", "check_drift"),
+        ("compare_and_repair", "check_drift"), ("compare_and_repair", "check_quality"), ("plan_hour", "check_quality"),
     }
     assert dag.get_task("verify_dumps").trigger_rule == "none_failed_min_one_success"
 
@@ -314,6 +314,17 @@ def test_compare_and_repair_sends_the_output_and_the_recompute_summary_then_remo
         "headers": {"Authorization": "Bearer tok"},
     }]
     assert not output.exists()
+
+
+def test_check_quality_checks_the_repaired_hour_and_fails_on_a_failure(dag, warehouse):
+    posts, answers = warehouse
+    answers.append(FakeResponse({"passed": False, "failures": ["fct_clicks_minute: duplicate key: 2 rows"]}))
+
+    with pytest.raises(ValueError, match="duplicate key: 2 rows"):
+        dag.get_task("check_quality").python_callable(plan_hour(dag, conf={}))
+
+    assert posts[0]["url"] == "http://warehouse.test/internal/checks"
+    assert posts[0]["json"] == {"start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
 
 
 def test_check_drift_fails_the_run_when_the_report_says_failed(dag):
