@@ -4,13 +4,21 @@ Each worker process appends to its own file, one JSON line per click, and fsyncs
 append returns, so a spooled click survives a crash of the process or the machine. The
 replayer seals a file (atomic rename), writes every line to Cassandra (idempotent: the click
 ID is in the key) and deletes the file only when all its lines are stored.
+
+A file's writer, and a replayer while it works on a file, hold an exclusive lock on it
+(``flock``): the kernel drops the lock when the process dies, so an unlocked active or claimed
+file is an orphan to seal or give back. Process IDs are not used for that: a restarted worker
+may get the dead one's (containers do). Each Spool's names carry a random token, so no two
+processes ever write, seal or claim under the same name.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE_SUFFIX = ".active.jsonl"
 SEALED_SUFFIX = ".sealed.jsonl"
+NEW_SUFFIX = ".new"
+CLAIM_MARK = ".replaying-"
 
 
 def encode(click: Click) -> str:
@@ -43,7 +53,7 @@ class Spool:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.owner = f"{socket.gethostname()}-{os.getpid()}"
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._lock = threading.Lock()
         self._file = None
         self._seq = 0
@@ -57,8 +67,14 @@ class Spool:
         line = (encode(click) + "\n").encode()
         with self._lock:
             if self._file is None:
-                self._file = open(self.active_path, "ab")
+                # Locked under a name no replayer looks at, then renamed: a replayer never sees
+                # this file unlocked, so it never seals it from under its writer.
+                fresh = self.active_path.with_name(self.active_path.name + NEW_SUFFIX)
+                handle = open(fresh, "xb")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                fresh.rename(self.active_path)
                 _fsync_dir(self.directory)
+                self._file = handle
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -68,10 +84,10 @@ class Spool:
         with self._lock:
             if self._file is None:
                 return
+            path = self.active_path
+            path.rename(path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)))  # still locked
             self._file.close()
             self._file = None
-            path = self.active_path
-            path.rename(path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)))
             self._seq += 1
             _fsync_dir(self.directory)
 
@@ -92,33 +108,35 @@ class Spool:
         self._seal_orphans()
         stored = 0
         for path in sorted(self.directory.glob(f"*{SEALED_SUFFIX}")):
-            claimed = path.with_name(path.name + f".replaying-{self.owner}")
+            claimed = path.with_name(path.name + CLAIM_MARK + self.owner)
             try:
                 path.rename(claimed)  # only one replayer wins a file
             except FileNotFoundError:
                 continue
-            try:
-                for click in _read(claimed):
-                    save(click)
-                    stored += 1
-            except Exception:
-                claimed.rename(path)  # give it back; it is replayed again later
-                raise
-            claimed.unlink()
+            with open(claimed, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # marks the claim live until the file is gone
+                try:
+                    for click in _read(claimed):
+                        save(click)
+                        stored += 1
+                except Exception:
+                    claimed.rename(path)  # give it back; it is replayed again later
+                    raise
+                claimed.unlink()
             log.info("replayed spool file %s", path.name)
         return stored
 
     def _seal_orphans(self) -> None:
-        """Seal active files of processes on this host that are gone (a crashed worker's spool)."""
+        """Seal the active files, and give back the claims, that no live process on this host holds."""
         host = socket.gethostname()
         for path in self.directory.glob(f"{host}-*{ACTIVE_SUFFIX}"):
-            pid = path.name[len(host) + 1 :].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if path != self.active_path and _orphaned(path):
                 path.rename(path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)))
-        for path in self.directory.glob(f"*{SEALED_SUFFIX}.replaying-{host}-*"):
-            pid = path.name.rsplit(f"replaying-{host}-", 1)[1]
-            if pid.isdigit() and not _alive(int(pid)):
-                path.rename(path.with_name(path.name.split(".replaying-", 1)[0]))
+                log.warning("sealed %s: its worker is gone", path.name)
+        for path in self.directory.glob(f"*{SEALED_SUFFIX}{CLAIM_MARK}{host}-*"):
+            if _orphaned(path):
+                path.rename(path.with_name(path.name.split(CLAIM_MARK, 1)[0]))
+                log.warning("gave back %s: its replayer is gone", path.name)
 
 
 def _read(path: Path) -> Iterator[Click]:
@@ -139,14 +157,14 @@ def _read(path: Path) -> Iterator[Click]:
                     os.fsync(rejected.fileno())
 
 
-def _alive(pid: int) -> bool:
+def _orphaned(path: Path) -> bool:
+    """Whether no process holds the file's lock: its writer or replayer died. False if it is gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(path, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True  # closing the handle lets go of the lock at once
+    except (BlockingIOError, FileNotFoundError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(directory: Path) -> None:

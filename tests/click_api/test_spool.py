@@ -1,4 +1,5 @@
 import json
+import os
 import socket
 from datetime import datetime, timedelta, timezone
 
@@ -188,13 +189,45 @@ def test_file_claimed_by_a_dead_replayer_is_given_back(spool):
     assert files(spool) == []
 
 
-def test_active_file_of_a_live_process_on_this_host_is_left_alone(spool):
-    live = spool.directory / f"{socket.gethostname()}-1-0{ACTIVE_SUFFIX}"  # pid 1 always exists
-    live.write_text(encode(make_click(4)) + "\n")
+def test_active_file_of_a_live_writer_is_left_alone(spool):
+    writer = Spool(spool.directory)  # another worker, still running: it holds its file's lock
+    writer.append(make_click(4))
     saved = Saved()
 
     assert spool.replay(saved) == 0
-    assert files(spool) == [live.name]
+    assert files(spool) == [writer.active_path.name]
+
+
+def test_a_worker_restarted_with_the_dead_ones_pid_loses_none_of_its_clicks(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getpid", lambda: 8)  # a container restart hands out the same pid
+    dead = Spool(tmp_path / "spool")
+    for n in range(3):
+        dead.append(make_click(n))
+    with pytest.raises(ConnectionError):
+        dead.replay(Saved(fail_on=make_click(0).click_id))  # sealed, then given back unreplayed
+    restarted = Spool(tmp_path / "spool")
+    restarted.append(make_click(10))
+    restarted.seal()
+    saved = Saved()
+
+    assert restarted.replay(saved) == 4
+    assert set(saved.clicks) == {make_click(n).click_id for n in (0, 1, 2, 10)}
+
+
+def test_a_torn_line_of_a_crashed_worker_never_swallows_another_click(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getpid", lambda: 8)
+    crashed = Spool(tmp_path / "spool")
+    crashed.append(make_click(0))
+    crashed._file.write(b'{"click_id":"00000')  # the append it died in: never answered
+    crashed._file.flush()
+    crashed._file.close()  # the process is gone: so is its lock
+    restarted = Spool(tmp_path / "spool")
+    restarted.append(make_click(1))
+    saved = Saved()
+
+    assert restarted.replay(saved) == 2
+    assert set(saved.clicks) == {make_click(0).click_id, make_click(1).click_id}
+    assert not (restarted.directory / "rejected.lines").exists()
 
 
 def test_corrupt_line_in_one_file_does_not_block_the_other_files(spool):
