@@ -28,15 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime, lookback: bool = True,
-         watermark: datetime | None = None) -> dict:
+         watermark: datetime | None = None, not_before: datetime | None = None) -> dict:
     """The window a run rolls up: ``conf`` start/end when given (manual runs), else its data
     interval widened by the lookback, so clicks that reach Cassandra late (a spool replayed after
     an outage, writes in flight when the run starts) are counted in their own minute.
 
     When that window would start after the ``watermark`` (the scheduler was stopped, the DAG
-    paused or runs failed for longer than the lookback), it starts at the watermark instead and
-    spans at most ROLLUP_MAX_WINDOW_S: the minutes in between are rolled up, the watermark moves
-    on, and the runs that follow catch up with the schedule a window at a time.
+    paused or runs failed for longer than the lookback), it reaches back to the watermark instead,
+    less the lookback (clicks of the minutes before it may have arrived during the stall), but not
+    before ``not_before`` (what Cassandra still holds), and goes at most ROLLUP_MAX_WINDOW_S past
+    the watermark: the minutes in between are rolled up, the watermark moves on, and the runs that
+    follow catch up with the schedule a window at a time.
     """
     if conf.get("start") or conf.get("end"):
         if not (conf.get("start") and conf.get("end")):
@@ -46,12 +48,20 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
         start = data_interval_start - timedelta(seconds=LOOKBACK_S if lookback else 0)
         end = data_interval_end
         if lookback and watermark is not None and watermark < start:
-            start, end = watermark, min(end, watermark + timedelta(seconds=MAX_WINDOW_S))
+            start = watermark - timedelta(seconds=LOOKBACK_S)
+            if not_before is not None:
+                start = max(start, _ceil_minute(not_before))
+            end = min(end, watermark + timedelta(seconds=MAX_WINDOW_S))
             log.warning("catching up from the watermark %s: rolling up [%s, %s)", watermark, start, end)
     if end <= start or start.second or end.second or start.microsecond or end.microsecond:
         raise ValueError(f"the window [{start}, {end}) must be whole minutes, end after start")
     output = f"{STAGING_DIR}/fct_clicks_minute/{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}"
     return {"start": start.isoformat(), "end": end.isoformat(), "output": output}
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(minutes=1)
 
 
 @dag(
@@ -64,8 +74,8 @@ def plan(conf: dict, data_interval_start: datetime, data_interval_end: datetime,
     doc_md=__doc__
     + f"""
 
-Each run covers its data interval plus a lookback of {LOOKBACK_S}s (from the watermark, at most
-{MAX_WINDOW_S}s at a time, when the runs fell further behind), waits {LATENESS_S}s after the
+Each run covers its data interval plus a lookback of {LOOKBACK_S}s (from the watermark less the
+lookback, up to {MAX_WINDOW_S}s past it, when the runs fell further behind), waits {LATENESS_S}s after the
 interval closes, runs the Spark job `spark_jobs/fct_clicks_minute.py`, replaces that window in the
 warehouse (minute facts, then the hour and day rollups it touches), advances the watermark and runs
 the data-quality checks. Clearing and re-running any run rebuilds the same rows.
@@ -84,7 +94,7 @@ def rollup_clicks_minute():
         """
         conf = dag_run.conf or {}
         is_backfill = str(dag_run.run_type).lower().endswith("backfill")
-        watermark = None
+        watermark = oldest = None
         if not (is_backfill or conf):
             watermark = warehouse_client.watermark()
             oldest = oldest_held(data_interval_end, WINDOWS.raw_click_ttl)  # a scheduled run's interval is recent
@@ -93,7 +103,8 @@ def rollup_clicks_minute():
                             "those minutes cannot be rolled up again, so this run does not reach back to it",
                             watermark, oldest)
                 watermark = None
-        return plan(conf, data_interval_start, data_interval_end, lookback=not is_backfill, watermark=watermark)
+        return plan(conf, data_interval_start, data_interval_end, lookback=not is_backfill, watermark=watermark,
+                    not_before=oldest)
 
     # Poke mode: the wait is the lateness (20 s by default), and rescheduling through the scheduler
     # between pokes took that long again on two cores, enough to push a run past its minute.

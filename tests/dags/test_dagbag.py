@@ -114,10 +114,10 @@ def test_a_scheduled_run_within_the_lookback_of_the_watermark_keeps_its_window(d
 
 
 @pytest.mark.parametrize("behind_min, planned", [
-    (25, ("2026-01-01T09:35:00+00:00", "2026-01-01T10:01:00+00:00")),
-    (180, ("2026-01-01T07:00:00+00:00", "2026-01-01T08:00:00+00:00")),  # an hour at a time
+    (25, ("2026-01-01T09:25:00+00:00", "2026-01-01T10:01:00+00:00")),
+    (180, ("2026-01-01T06:50:00+00:00", "2026-01-01T08:00:00+00:00")),  # an hour past it at a time
 ], ids=["25 minutes", "3 hours"])
-def test_a_scheduled_run_behind_its_watermark_reaches_back_to_it(dag, watermark, behind_min, planned):
+def test_a_scheduled_run_behind_its_watermark_reaches_back_to_it_and_its_lookback(dag, watermark, behind_min, planned):
     watermark[0] = INTERVAL_START - timedelta(minutes=behind_min)
 
     window = plan_window(dag, conf={})
@@ -130,7 +130,16 @@ def test_the_catch_up_window_comes_from_the_environment(parse, watermark):
 
     window = plan_window(parse(ROLLUP_MAX_WINDOW_S="600").dags[DAG_ID], conf={})
 
-    assert (window["start"], window["end"]) == ("2026-01-01T07:00:00+00:00", "2026-01-01T07:10:00+00:00")
+    assert (window["start"], window["end"]) == ("2026-01-01T06:50:00+00:00", "2026-01-01T07:10:00+00:00")
+
+
+def test_a_catch_up_never_reaches_back_before_what_cassandra_holds(dag, watermark):
+    # The interval ends at 10:01; 30 days of TTL less the hour of margin: Cassandra holds from 11:01 on 2025-12-02.
+    watermark[0] = datetime(2025, 12, 2, 11, 5, tzinfo=timezone.utc)
+
+    window = plan_window(dag, conf={})
+
+    assert (window["start"], window["end"]) == ("2025-12-02T11:01:00+00:00", "2025-12-02T12:05:00+00:00")
 
 
 def test_a_watermark_older_than_cassandra_holds_is_not_reached_back_to(dag, watermark, caplog):
