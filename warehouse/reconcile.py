@@ -155,6 +155,24 @@ def _save(cur: duckdb.DuckDBPyConnection, report: Report) -> None:
     )
 
 
+def _already_reported(cur: duckdb.DuckDBPyConnection, hour: datetime, context: dict | None) -> Report | None:
+    """The hour's stored report when it came from this very recomputation (the same ``context``, which
+    names its dump run and carries its timings) and said repaired or failed.
+
+    A retried call whose first attempt committed finds nothing left to repair: answering "ok" would
+    overwrite the report of the repair it made, and a drift alarm with it.
+    """
+    if not context:
+        return None
+    row = cur.execute(
+        "SELECT hour_at, cells_compared, cells_differed, total_abs_diff, repaired, run_seconds, status, detail "
+        "FROM meta_reconciliations WHERE hour_at = ?", [hour]).fetchone()
+    if row is None or row[6] == STATUS_OK:
+        return None
+    detail = json.loads(row[7])
+    return Report(*row[:7], detail) if detail.get("context") == context else None
+
+
 def reconcile_hour(
     con: duckdb.DuckDBPyConnection,
     hour: datetime,
@@ -175,6 +193,12 @@ def reconcile_hour(
         cur.execute("BEGIN TRANSACTION")
         try:
             comparison = compare(cur, minute_files, user_files, start, end)
+            earlier = None if comparison.needs_repair else _already_reported(cur, start, context)
+            if earlier is not None:
+                cur.execute("ROLLBACK")
+                log.warning("reconciliation of %s: this recomputation was already reconciled (%s): its report stands",
+                            start.isoformat(), earlier.status)
+                return earlier
             load = None
             if comparison.needs_repair:
                 load = loads.replace_interval(cur, minute_files, user_files, start, end, advance_watermark=False)

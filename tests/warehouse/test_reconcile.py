@@ -250,6 +250,28 @@ def test_a_rerun_replaces_the_hours_report_and_finds_nothing_left(con, stage):
     assert reports(con) == [(H10, 5, 0, 0, False, "ok")]
 
 
+def test_a_retried_call_with_the_same_recomputation_keeps_the_report_of_its_repair(con, stage):
+    seed(con, stage, TRUTH[1:])
+    recomputation = {"dump_run_id": "20260101T111220Z-0a1b2c3d", "recompute_seconds": 41.25}
+    first = run(con, stage, TRUTH, threshold=0.1, context=recomputation)  # committed; its answer was lost
+
+    retried = run(con, stage, TRUTH, threshold=0.1, context=dict(recomputation))
+
+    assert first.status == retried.status == "failed"
+    assert (retried.cells_differed, retried.total_abs_diff, retried.repaired) == (1, 5, True)
+    assert reports(con) == [(H10, 5, 1, 5, True, "failed")]
+
+
+def test_a_new_recomputation_of_a_repaired_hour_reports_it_ok(con, stage):
+    seed(con, stage, TRUTH[1:])
+    run(con, stage, TRUTH, threshold=0.1, context={"dump_run_id": "first", "recompute_seconds": 41.25})
+
+    report = run(con, stage, TRUTH, threshold=0.1, context={"dump_run_id": "second", "recompute_seconds": 39.5})
+
+    assert report.status == "ok"
+    assert reports(con) == [(H10, 5, 0, 0, False, "ok")]
+
+
 def test_recomputed_rows_outside_the_hour_are_refused_and_change_nothing(con, stage):
     seed(con, stage, TRUTH[1:])
     before = snapshot(con)
