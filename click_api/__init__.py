@@ -24,7 +24,8 @@ def create_app(test_config: dict | None = None, services=None) -> Flask:
     if services is None:
         services = build_services(app.config)
         if app.config.get("SPOOL_REPLAY_INTERVAL_S", 5) > 0:
-            start_replayer(services, app.config.get("SPOOL_REPLAY_INTERVAL_S", 5), threading.Event())
+            start_replayer(services, app.config.get("SPOOL_REPLAY_INTERVAL_S", 5), threading.Event(),
+                           app.config.get("WINDOWS"))
     assert isinstance(services, Services)
     app.extensions["clickagg"] = services
     app.register_blueprint(views.bp)

@@ -22,6 +22,8 @@ LATENCY = Histogram(
 )
 SPOOLED = Counter("clickagg_clicks_spooled_total", "Clicks written to the local spool instead of Cassandra")
 REPLAYED = Counter("clickagg_clicks_replayed_total", "Spooled clicks replayed into Cassandra")
+REPLAYED_LATE = Counter("clickagg_clicks_replayed_late_total",
+                        "Spooled clicks replayed after every minute rollup had passed their minute")
 SPOOL_DEPTH = Gauge("clickagg_spool_depth", "Clicks waiting in the local spool", multiprocess_mode="max")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 import redis
 
@@ -52,10 +55,14 @@ def build_services(cfg) -> Services:
     return make_click_service(cfg, store, deduper, Spool(cfg["SPOOL_DIR"]), RedisAdMirror(client))
 
 
-def replay_once(services: Services) -> int:
+def replay_once(services: Services, windows=None,
+                clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> int:
     """Drain the spool into Cassandra if there is anything to drain and Cassandra answers.
 
     The spool-depth gauge is set first, so it shows the clicks waiting while Cassandra is still down.
+    With ``windows`` (click_api.windows.Windows), clicks that reach Cassandra after every minute
+    rollup has passed their minute are counted and logged by hour: only the hour's reconciliation
+    counts them, and only if it runs after now.
     """
     spool = services.spool
     if spool is None:
@@ -65,17 +72,40 @@ def replay_once(services: Services) -> int:
     if depth == 0:
         return 0
     services.store.ping()
-    count = spool.replay(services.store.save_click)
+    late_hours: Counter[datetime] = Counter()
+    late_before = clock() - timedelta(seconds=60 + windows.rollup_lookback + windows.rollup_lateness) if windows else None
+
+    def save(click) -> None:
+        services.store.save_click(click)
+        if late_before is not None and click.minute < late_before:
+            late_hours[click.minute.replace(minute=0)] += 1
+
+    try:
+        count = spool.replay(save)
+    finally:
+        _report_late(late_hours, windows)
     metrics.REPLAYED.inc(count)
     metrics.SPOOL_DEPTH.set(spool.depth())
     return count
 
 
-def start_replayer(services: Services, interval: float, stop: threading.Event) -> threading.Thread:
+def _report_late(late_hours: Counter, windows) -> None:
+    for hour, count in sorted(late_hours.items()):
+        metrics.REPLAYED_LATE.inc(count)
+        until = hour + timedelta(seconds=windows.duplicate_horizon)
+        log.warning(
+            "%d replayed clicks of the hour %s reached Cassandra after the minute rollups had passed their "
+            "minutes. The hour's reconciliation counts them if it has not dumped the hour yet; if it has, "
+            "reconcile that hour again with the ones after it in the duplicate horizon: "
+            "make backfill DAG=reconcile_clicks_hourly FROM=%s TO=%s",
+            count, f"{hour:%Y-%m-%dT%H:%M}Z", f"{hour:%Y-%m-%dT%H:%M}", f"{until:%Y-%m-%dT%H:%M}")
+
+
+def start_replayer(services: Services, interval: float, stop: threading.Event, windows=None) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(interval):
             try:
-                count = replay_once(services)
+                count = replay_once(services, windows)
                 if count:
                     log.info("replayed %d spooled clicks into cassandra", count)
             except Exception as error:  # Cassandra still down: try again next round

@@ -261,3 +261,26 @@ def test_the_replayer_reports_the_spool_depth_while_cassandra_is_down_and_drains
     assert replay_once(services) == 3
     assert REGISTRY.get_sample_value("clickagg_spool_depth") == 0
     assert sorted(store.clicks) == [make_click(n).click_id for n in range(3)]
+
+
+def test_clicks_replayed_after_the_rollups_passed_their_minute_are_counted_and_logged_by_hour(tmp_path, caplog):
+    from prometheus_client import REGISTRY
+
+    from click_api.windows import Windows
+    from click_api.wiring import Services, replay_once
+    from tests.fakes import FakeStore
+
+    spool = Spool(str(tmp_path))
+    for n in (0, 1, 2):  # 12:00:00 to 12:00:02 on 2024-05-01
+        spool.append(make_click(n))
+    spool.append(make_click(3, clicked_at=CLICKED_AT + timedelta(minutes=55)))  # 12:55, well within the bound
+    services = Services(store=FakeStore(), deduper=None, spool=spool, clicks=None)
+    before = REGISTRY.get_sample_value("clickagg_clicks_replayed_late_total") or 0
+    now = CLICKED_AT.replace(microsecond=0) + timedelta(minutes=58)  # 12:58: 680 s after 12:00 has long passed
+
+    assert replay_once(services, Windows(), clock=lambda: now) == 4
+
+    assert REGISTRY.get_sample_value("clickagg_clicks_replayed_late_total") - before == 3
+    [line] = [r.getMessage() for r in caplog.records if "replayed clicks of the hour" in r.getMessage()]
+    assert line.startswith("3 replayed clicks of the hour 2024-05-01T12:00Z")
+    assert line.endswith("make backfill DAG=reconcile_clicks_hourly FROM=2024-05-01T12:00 TO=2024-05-01T15:00")
