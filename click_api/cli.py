@@ -83,9 +83,10 @@ def cmd_mint(cfg, args) -> int:
 
 def cmd_replay_spool(cfg, args) -> int:
     from click_api.spool import Spool
+    from click_api.wiring import Services, replay_once
 
     spool = Spool(cfg["SPOOL_DIR"])
-    count = spool.replay(_store(cfg).save_click)
+    count = replay_once(Services(store=_store(cfg), deduper=None, spool=spool, clicks=None), cfg["WINDOWS"])
     print(f"replayed {count} clicks from {cfg['SPOOL_DIR']}; {spool.depth()} still waiting")
     return 0
 

@@ -67,17 +67,26 @@ class Spool:
         line = (encode(click) + "\n").encode()
         with self._lock:
             if self._file is None:
-                # Locked under a name no replayer looks at, then renamed: a replayer never sees
-                # this file unlocked, so it never seals it from under its writer.
-                fresh = self.active_path.with_name(self.active_path.name + NEW_SUFFIX)
-                handle = open(fresh, "xb")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                fresh.rename(self.active_path)
-                _fsync_dir(self.directory)
-                self._file = handle
+                self._file = self._open_active()
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
+
+    def _open_active(self):
+        """A new active file, locked under a name no replayer looks at, then renamed: a replayer
+        never sees it unlocked, so never seals it from under its writer."""
+        fresh = self.active_path.with_name(self.active_path.name + NEW_SUFFIX)
+        handle = open(fresh, "xb")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            fresh.rename(self.active_path)
+            _fsync_dir(self.directory)
+        except OSError:
+            handle.close()
+            fresh.unlink(missing_ok=True)
+            self._seq += 1  # the next attempt takes new names, whatever this one left
+            raise
+        return handle
 
     def seal(self) -> None:
         """Close the active file and mark it ready for replay; the next append opens a new one."""
@@ -110,11 +119,16 @@ class Spool:
         for path in sorted(self.directory.glob(f"*{SEALED_SUFFIX}")):
             claimed = path.with_name(path.name + CLAIM_MARK + self.owner)
             try:
-                path.rename(claimed)  # only one replayer wins a file
-            except FileNotFoundError:
+                lock = open(path, "rb")
+            except FileNotFoundError:  # another replayer took it
                 continue
-            with open(claimed, "rb") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # marks the claim live until the file is gone
+            with lock:
+                # Locked before it is claimed, and until it is gone: no claim is ever seen unlocked.
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.rename(claimed)  # only one replayer wins a file
+                except (BlockingIOError, FileNotFoundError):
+                    continue
                 try:
                     for click in _read(claimed):
                         save(click)
@@ -131,12 +145,20 @@ class Spool:
         host = socket.gethostname()
         for path in self.directory.glob(f"{host}-*{ACTIVE_SUFFIX}"):
             if path != self.active_path and _orphaned(path):
-                path.rename(path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)))
-                log.warning("sealed %s: its worker is gone", path.name)
+                _rename_if_there(path, path.with_name(path.name.replace(ACTIVE_SUFFIX, SEALED_SUFFIX)),
+                                 "its worker is gone")
         for path in self.directory.glob(f"*{SEALED_SUFFIX}{CLAIM_MARK}{host}-*"):
             if _orphaned(path):
-                path.rename(path.with_name(path.name.split(CLAIM_MARK, 1)[0]))
-                log.warning("gave back %s: its replayer is gone", path.name)
+                _rename_if_there(path, path.with_name(path.name.split(CLAIM_MARK, 1)[0]), "its replayer is gone")
+
+
+def _rename_if_there(path: Path, target: Path, why: str) -> None:
+    """Rename an orphan, unless another replayer got to it first."""
+    try:
+        path.rename(target)
+    except FileNotFoundError:
+        return
+    log.warning("%s -> %s: %s", path.name, target.name, why)
 
 
 def _read(path: Path) -> Iterator[Click]:

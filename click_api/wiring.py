@@ -73,11 +73,11 @@ def replay_once(services: Services, windows=None,
         return 0
     services.store.ping()
     late_hours: Counter[datetime] = Counter()
-    late_before = clock() - timedelta(seconds=60 + windows.rollup_lookback + windows.rollup_lateness) if windows else None
+    late_after = timedelta(seconds=60 + windows.rollup_lookback + windows.rollup_lateness) if windows else None
 
     def save(click) -> None:
         services.store.save_click(click)
-        if late_before is not None and click.minute < late_before:
+        if late_after is not None and click.minute < clock() - late_after:  # a long replay: now, not when it began
             late_hours[click.minute.replace(minute=0)] += 1
 
     try:

@@ -22,6 +22,8 @@ LOOKBACK_S = WINDOWS.rollup_lookback
 MAX_WINDOW_S = int(os.environ.get("ROLLUP_MAX_WINDOW_S", "3600"))
 STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "staging"))
 START_DATE = datetime.fromisoformat(os.environ.get("ROLLUP_START_DATE", "2026-01-01T00:00:00+00:00"))
+# How much later than its interval's end a run's job may check the raw-click TTL bound.
+PLAN_SLACK = timedelta(minutes=15)
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_window')['{}'] }}}}"
 log = logging.getLogger(__name__)
@@ -97,7 +99,9 @@ def rollup_clicks_minute():
         watermark = oldest = None
         if not (is_backfill or conf):
             watermark = warehouse_client.watermark()
-            oldest = oldest_held(data_interval_end, WINDOWS.raw_click_ttl)  # a scheduled run's interval is recent
+            # A scheduled run's interval is recent. The job checks the bound again when it starts,
+            # minutes later: planning against a later bound keeps the window inside it then.
+            oldest = oldest_held(data_interval_end + PLAN_SLACK, WINDOWS.raw_click_ttl)
             if watermark is not None and watermark < oldest:
                 log.warning("the watermark %s is older than the raw clicks Cassandra still holds (from %s): "
                             "those minutes cannot be rolled up again, so this run does not reach back to it",

@@ -284,3 +284,42 @@ def test_clicks_replayed_after_the_rollups_passed_their_minute_are_counted_and_l
     [line] = [r.getMessage() for r in caplog.records if "replayed clicks of the hour" in r.getMessage()]
     assert line.startswith("3 replayed clicks of the hour 2024-05-01T12:00Z")
     assert line.endswith("make backfill DAG=reconcile_clicks_hourly FROM=2024-05-01T12:00 TO=2024-05-01T15:00")
+
+
+def test_a_failed_file_creation_leaves_the_spool_usable(spool, monkeypatch):
+    import errno
+
+    from click_api import spool as spool_module
+
+    real = spool_module._fsync_dir
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def fsync_dir_once_failing(directory):
+        if failures:
+            raise failures.pop()
+        real(directory)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir_once_failing)
+    with pytest.raises(OSError):
+        spool.append(make_click(1))  # answered 503: nothing was promised
+    spool.append(make_click(2))
+    saved = Saved()
+
+    assert spool.replay(saved) == 1
+    assert list(saved.clicks) == [make_click(2).click_id]
+    assert not [name for name in files(spool) if name.endswith(".new")]
+
+
+def test_a_file_another_replayer_holds_is_skipped_until_it_lets_go(spool):
+    import fcntl
+
+    sealed = spool.directory / f"h-1-x-0{SEALED_SUFFIX}"
+    sealed.write_text(encode(make_click(5)) + "\n")
+    other = open(sealed, "rb")
+    fcntl.flock(other, fcntl.LOCK_EX)  # another worker's replayer, about to claim it
+
+    assert spool.replay(Saved()) == 0
+    other.close()
+    saved = Saved()
+    assert spool.replay(saved) == 1
+    assert list(saved.clicks) == [make_click(5).click_id]

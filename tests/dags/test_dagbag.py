@@ -134,12 +134,13 @@ def test_the_catch_up_window_comes_from_the_environment(parse, watermark):
 
 
 def test_a_catch_up_never_reaches_back_before_what_cassandra_holds(dag, watermark):
-    # The interval ends at 10:01; 30 days of TTL less the hour of margin: Cassandra holds from 11:01 on 2025-12-02.
-    watermark[0] = datetime(2025, 12, 2, 11, 5, tzinfo=timezone.utc)
+    # The interval ends at 10:01; 30 days of TTL less the hour of margin: Cassandra holds from 11:01 on
+    # 2025-12-02, and from 11:16 when the job checks, up to 15 minutes later.
+    watermark[0] = datetime(2025, 12, 2, 11, 20, tzinfo=timezone.utc)
 
     window = plan_window(dag, conf={})
 
-    assert (window["start"], window["end"]) == ("2025-12-02T11:01:00+00:00", "2025-12-02T12:05:00+00:00")
+    assert (window["start"], window["end"]) == ("2025-12-02T11:16:00+00:00", "2025-12-02T12:20:00+00:00")
 
 
 def test_a_watermark_older_than_cassandra_holds_is_not_reached_back_to(dag, watermark, caplog):
