@@ -67,6 +67,13 @@ class Windows:
         windows.check()
         return windows
 
+    @property
+    def late_after(self) -> int:
+        """Seconds after its minute began past which a stored click is late: every minute rollup
+        (a minute's run plus the lookback plus the lateness) has passed over it, so only the
+        reconciliation counts it."""
+        return MINUTE + self.rollup_lookback + self.rollup_lateness
+
     def check(self) -> None:
         """Raise ValueError when the windows are out of order or not positive."""
         chain = ["token_lifetime", "redis_dedup_ttl", "duplicate_horizon", "raw_click_ttl", "dump_retention"]

@@ -73,7 +73,7 @@ def replay_once(services: Services, windows=None,
         return 0
     services.store.ping()
     late_hours: Counter[datetime] = Counter()
-    late_after = timedelta(seconds=60 + windows.rollup_lookback + windows.rollup_lateness) if windows else None
+    late_after = timedelta(seconds=windows.late_after) if windows else None
 
     def save(click) -> None:
         services.store.save_click(click)

@@ -63,7 +63,7 @@ def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
         "dump": _flag(conf.get("dump", True)),
         "drift_threshold": threshold,
         "horizon_s": windows.duplicate_horizon,
-        "late_after_s": 60 + windows.rollup_lookback + windows.rollup_lateness,
+        "late_after_s": windows.late_after,
         "raw_click_ttl_s": windows.raw_click_ttl,
         "output": f"{STAGING_DIR}/reconcile_clicks/{start:%Y%m%dT%H}",
     }

@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from click_api.windows import Windows
 from spark_jobs import raw_dumps
 from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, row_hash, stats_of
 from spark_jobs.fct_clicks_minute import (
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=raw_dumps.ROOT, help="key prefix of the dumps in the bucket")
     parser.add_argument("--horizon-s", type=int, default=int(os.environ.get("RECONCILE_DUPLICATE_HORIZON_S", "10800")))
     parser.add_argument("--late-after-s", type=int,
-                        default=60 + int(os.environ.get("ROLLUP_LOOKBACK_S", "600")) + int(os.environ.get("ROLLUP_LATENESS_S", "20")),
+                        default=Windows.from_env(os.environ).late_after,
                         help="a click stored this long after its minute began missed every minute rollup")
     parser.add_argument("--master", help="Spark master when not run by spark-submit, e.g. local[2]")
     args = parser.parse_args(argv)

@@ -69,3 +69,8 @@ def test_lookback_must_be_shorter_than_the_raw_click_ttl():
 
 def test_as_timedelta():
     assert Windows().as_timedelta("token_lifetime") == timedelta(hours=1)
+
+
+def test_a_click_is_late_once_every_minute_rollup_has_passed_its_minute():
+    assert Windows().late_after == 60 + 600 + 20
+    assert Windows(rollup_lookback=120, rollup_lateness=5).late_after == 185
