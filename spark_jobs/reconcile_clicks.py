@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -41,6 +41,7 @@ from spark_jobs.fct_clicks_minute import (
     load,
     may_have_clicks_before,
     transform_billable,
+    transform_minute_cells,
     transform_minute_facts,
     transform_minute_users,
 )
@@ -104,9 +105,19 @@ def extract_earlier(spark: SparkSession, store: raw_dumps.DumpStore, earlier: li
     return earlier_clicks
 
 
-def hour_stats(labelled: DataFrame) -> dict:
-    """The hour's row count, click times and checksum, from its labelled rows (one per dumped row)."""
-    return stats_of(labelled.agg(*dump_metrics(F.col(ROW_HASH))).first().asDict())
+def observe_hour(labelled: DataFrame, late_after_s: int) -> tuple[DataFrame, Observation]:
+    """``labelled`` with the hour's checks measured as its rows go by: row count, click times and
+    checksum (from each row's ROW_HASH), and the late clicks (late_metrics()). Read them with
+    hour_figures() once an action has run on the returned DataFrame, so the hour is read once."""
+    observation = Observation("reconcile_hour")
+    return labelled.observe(observation, *dump_metrics(F.col(ROW_HASH)), *late_metrics(late_after_s)), observation
+
+
+def hour_figures(observation: Observation) -> tuple[dict, dict]:
+    """The manifest statistics and the late-click counts that observe_hour() measured."""
+    # Spark reports nothing when no task ran, which only happens when there was no row to read.
+    metrics = observation.get or {"rows": 0, "min_clicked_at_us": None, "max_clicked_at_us": None, "checksum_sum": 0}
+    return stats_of(metrics), {name: int(metrics.get(name) or 0) for name in ("late_clicks", "late_billable_clicks")}
 
 
 def verify(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, stats: dict,
@@ -129,7 +140,7 @@ def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame
 
     As in the minute rollup, an impression issued inside the hour has no click before it, so only
     the few issued earlier are looked up in the earlier hours' dumps, and only their billable kinds.
-    The hour's clicks carry their row_hash() (ROW_HASH) for hour_stats.
+    The hour's clicks carry their row_hash() (ROW_HASH) for observe_hour.
     """
     clicks = hour_clicks.select(*DUMP_COLUMNS).withColumn(ROW_HASH, row_hash())
     clicked_at = F.col("clicked_at")
@@ -144,17 +155,14 @@ def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame
     return clicks, impression_clicks
 
 
-def transform_late_clicks(labelled: DataFrame, late_after_s: int) -> DataFrame:
-    """One row: the clicks stored more than ``late_after_s`` after their minute began, and how many are billable."""
+def late_metrics(late_after_s: int) -> list[Column]:
+    """The clicks stored more than ``late_after_s`` after their minute began, and how many are billable."""
     delay_us = F.unix_micros(F.col("stored_at")) - F.unix_micros(F.col("minute"))
     is_late = F.coalesce(delay_us > F.lit(late_after_s * 1_000_000), F.lit(False))
-    return labelled.agg(
+    return [
         F.sum(F.when(is_late, 1).otherwise(0)).cast("long").alias("late_clicks"),
         F.sum(F.when(is_late & F.col("is_billable"), 1).otherwise(0)).cast("long").alias("late_billable_clicks"),
-    ).select(
-        F.coalesce(F.col("late_clicks"), F.lit(0)).alias("late_clicks"),
-        F.coalesce(F.col("late_billable_clicks"), F.lit(0)).alias("late_billable_clicks"),
-    )
+    ]
 
 
 def _write_local(output: str, name: str, text: str) -> None:
@@ -197,14 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         earlier_clicks = extract_earlier(spark, store, earlier)
         clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s,
                                                                clock_skew)
-        labelled = transform_billable(clicks, impression_clicks).persist(StorageLevel.MEMORY_AND_DISK)
-        # The check reads the hour once, with the labelling, and comes before anything is written.
+        # The hour is read once: its checks are measured while its clicks are labelled and counted
+        # into cells, and they pass before anything is written.
+        observed, observation = observe_hour(transform_billable(clicks, impression_clicks), args.late_after_s)
+        cells = transform_minute_cells(observed).persist(StorageLevel.MEMORY_AND_DISK)
+        cells.count()
+        stats, late = hour_figures(observation)
         try:
-            verify(spark, store, hour, hour_stats(labelled), earlier)
+            verify(spark, store, hour, stats, earlier)
         except raw_dumps.DumpMismatch as error:
             return _fail(args.output, error)
-        load(transform_minute_facts(labelled), transform_minute_users(labelled), args.output)
-        late = transform_late_clicks(labelled, args.late_after_s).first()
+        load(transform_minute_facts(cells), transform_minute_users(cells), args.output)
         summary = {
             "hour": args.start.isoformat(),
             "rows": hour.row_count,

@@ -15,6 +15,7 @@ from spark_jobs.fct_clicks_minute import (
     minutes_between,
     partition_keys,
     transform_billable,
+    transform_minute_cells,
     transform_minute_facts,
     transform_minute_users,
 )
@@ -201,7 +202,7 @@ def test_transform_billable_keeps_every_click_once(spark):
     assert sorted(row["click_id"] for row in labelled.collect()) == ["c1", "c2", "c3"]
 
 
-# transform_minute_facts and transform_minute_users
+# transform_minute_cells, transform_minute_facts and transform_minute_users
 
 FACT_CLICKS = [
     # ad-1, minute 0: three billable users (u1 twice with two fingerprints, fp-9 twice anonymously, u2).
@@ -228,9 +229,33 @@ FACT_CLICKS = [
 FACT_EARLIER = [click("c0", "imp-20", at(-2), ad_id="ad-2", user_id="u7")]
 
 
+def cells(spark, clicks: list[dict], earlier: list[dict] = ()):
+    return transform_minute_cells(label(spark, clicks, earlier=earlier))
+
+
+@pytest.mark.spark
+def test_minute_cells_hold_each_billed_user_once_and_the_clicks_that_bill_nobody_apart(spark):
+    rows = cells(spark, FACT_CLICKS, earlier=FACT_EARLIER).collect()
+
+    h = {name: xxhash64(spark, name) for name in ("u1", "u2", "fp-9")}
+    # (minute, ad, user) -> billable, duplicate, expired, invalid
+    got = {(r["minute_at"], r["ad_id"], r["user_hash"]): (r["billable_clicks"], r["duplicate_clicks"],
+                                                          r["expired_clicks"], r["invalid_clicks"]) for r in rows}
+    assert len(rows) == len(got)
+    assert got == {
+        (at(0), "ad-1", h["u1"]): (2, 0, 0, 0),
+        (at(0), "ad-1", h["fp-9"]): (2, 0, 0, 0),
+        (at(0), "ad-1", h["u2"]): (1, 0, 0, 0),
+        (at(0), "ad-1", None): (0, 2, 1, 5),
+        (at(1), "ad-1", h["u1"]): (1, 0, 0, 0),
+        (at(1), "ad-1", None): (0, 1, 0, 0),
+        (at(0), "ad-2", None): (0, 1, 0, 0),
+    }
+
+
 @pytest.mark.spark
 def test_minute_facts_count_each_label_and_reason_per_minute_and_ad(spark):
-    facts = transform_minute_facts(label(spark, FACT_CLICKS, earlier=FACT_EARLIER))
+    facts = transform_minute_facts(cells(spark, FACT_CLICKS, earlier=FACT_EARLIER))
 
     assert facts.columns == MINUTE_COLUMNS
     rows = sorted(tuple(row) for row in facts.collect())
@@ -244,7 +269,7 @@ def test_minute_facts_count_each_label_and_reason_per_minute_and_ad(spark):
 
 @pytest.mark.spark
 def test_each_click_is_in_exactly_one_of_the_click_kinds(spark):
-    facts = transform_minute_facts(label(spark, FACT_CLICKS, earlier=FACT_EARLIER))
+    facts = transform_minute_facts(cells(spark, FACT_CLICKS, earlier=FACT_EARLIER))
 
     # The job reports its raw click count as this sum over its output.
     assert sum(row[c] for row in facts.collect() for c in CLICK_KINDS) == len(FACT_CLICKS)
@@ -252,7 +277,7 @@ def test_each_click_is_in_exactly_one_of_the_click_kinds(spark):
 
 @pytest.mark.spark
 def test_minute_facts_schema_uses_64_bit_counts(spark):
-    facts = transform_minute_facts(label(spark, FACT_CLICKS[:1]))
+    facts = transform_minute_facts(cells(spark, FACT_CLICKS[:1]))
 
     types = dict(facts.dtypes)
     assert types["minute_at"] == "timestamp"
@@ -261,7 +286,7 @@ def test_minute_facts_schema_uses_64_bit_counts(spark):
 
 @pytest.mark.spark
 def test_minute_users_are_the_distinct_users_of_billable_clicks(spark):
-    users = transform_minute_users(label(spark, FACT_CLICKS, earlier=FACT_EARLIER))
+    users = transform_minute_users(cells(spark, FACT_CLICKS, earlier=FACT_EARLIER))
 
     assert users.columns == USER_COLUMNS
     rows = [tuple(row) for row in users.collect()]

@@ -8,14 +8,14 @@ import pytest
 
 from spark_jobs import raw_dumps
 from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, earliest_issue_metric, stats_of
-from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_facts
+from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_cells, transform_minute_facts
 from spark_jobs.reconcile_clicks import (
     IMPRESSION_COLUMNS,
     earliest_issue,
     earliest_of,
-    hour_stats,
+    hour_figures,
     hours_reached,
-    transform_late_clicks,
+    observe_hour,
     transform_recompute_inputs,
     verify,
 )
@@ -57,6 +57,17 @@ def recompute(spark, hour_rows: list[tuple], earlier_rows: list[tuple], horizon_
     earlier = dump_df(spark, earlier_rows).select(*IMPRESSION_COLUMNS)
     clicks, impression_clicks = transform_recompute_inputs(dump_df(spark, hour_rows), earlier, H10, horizon_s, SKEW)
     return transform_billable(clicks, impression_clicks)
+
+
+def figures(labelled, late_after_s: int) -> tuple[dict, dict]:
+    """hour_figures() as the job measures them: observed while the cells are persisted and counted."""
+    observed, observation = observe_hour(labelled, late_after_s)
+    cells = transform_minute_cells(observed).persist()
+    cells.count()
+    try:
+        return hour_figures(observation)
+    finally:
+        cells.unpersist()
 
 
 def billable_by_click(labelled) -> dict[str, bool]:
@@ -217,7 +228,7 @@ def test_the_minute_facts_of_a_recompute(spark):
         dumped("c-z", "imp-4", at(6), status="expired"),
     ]
 
-    facts = transform_minute_facts(recompute(spark, hour, earlier))
+    facts = transform_minute_facts(transform_minute_cells(recompute(spark, hour, earlier)))
 
     got = {(r["minute_at"], r["ad_id"]): (r["billable_clicks"], r["duplicate_clicks"], r["expired_clicks"], r["unique_users"])
            for r in facts.collect()}
@@ -237,15 +248,15 @@ def test_clicks_stored_after_every_minute_rollup_are_counted_as_late(spark):
         dumped("c-just-in-time", "imp-3", at(3, 59), stored_after=timedelta(seconds=late_after_s - 59 - 1)),
     ]
 
-    row = transform_late_clicks(recompute(spark, hour, []), late_after_s).first()
+    _, late = figures(recompute(spark, hour, []), late_after_s)
 
-    assert (row["late_clicks"], row["late_billable_clicks"]) == (2, 1)
+    assert late == {"late_clicks": 2, "late_billable_clicks": 1}
 
 
 def test_an_hour_without_clicks_has_no_late_clicks(spark):
-    row = transform_late_clicks(recompute(spark, [], []), 680).first()
+    _, late = figures(recompute(spark, [], []), 680)
 
-    assert (row["late_clicks"], row["late_billable_clicks"]) == (0, 0)
+    assert late == {"late_clicks": 0, "late_billable_clicks": 0}
 
 
 # Checking the dumps read back against their manifests
@@ -277,7 +288,8 @@ def test_the_labelled_rows_give_the_dumps_own_statistics(spark):
 
     labelled = recompute(spark, hour_rows, earlier_rows)
 
-    assert hour_stats(labelled) == metrics(dump_df(spark, hour_rows))
+    stats, _ = figures(labelled, 680)
+    assert stats == metrics(dump_df(spark, hour_rows))
     assert labelled.count() == len(hour_rows)
 
 
