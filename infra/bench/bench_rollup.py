@@ -91,6 +91,15 @@ def generate_clicks(spark, clicks: int, ads: int, start: datetime, minutes: int,
     )
 
 
+def batch_window(now: datetime, minutes: int) -> tuple[datetime, datetime]:
+    """The batch's window: ``minutes`` whole minutes, aligned to a multiple of them, ending about two
+    hours before ``now``. Recent, because the job refuses a window older than the raw clicks' TTL
+    (RAW_CLICK_TTL_S); closed, because the bench writes all of its clicks at once."""
+    two_hours_ago = now.replace(second=0, microsecond=0) - timedelta(hours=2)
+    start = two_hours_ago - timedelta(minutes=two_hours_ago.minute % minutes)
+    return start, start + timedelta(minutes=minutes)
+
+
 def batch(args) -> dict:
     sys.path.insert(0, str(REPO))
 
@@ -104,8 +113,7 @@ def batch(args) -> dict:
     cluster = connect([os.environ.get("CASSANDRA_HOST", "127.0.0.1")], int(os.environ["CASSANDRA_PORT"]))
     session = cluster.connect()
     migrate(session, BENCH_KEYSPACE)
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=args.minutes * (int(time.time()) % 1000))
-    end = start + timedelta(minutes=args.minutes)
+    start, end = batch_window(datetime.now(timezone.utc), args.minutes)
     for table in ("raw_clicks", "clicks_by_impression"):
         session.execute(f"TRUNCATE {BENCH_KEYSPACE}.{table}", timeout=120)
     cluster.shutdown()
