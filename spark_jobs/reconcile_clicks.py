@@ -108,7 +108,12 @@ def extract_earlier(spark: SparkSession, store: raw_dumps.DumpStore, earlier: li
 def observe_hour(labelled: DataFrame, late_after_s: int) -> tuple[DataFrame, Observation]:
     """``labelled`` with the hour's checks measured as its rows go by: row count, click times and
     checksum (from each row's ROW_HASH), and the late clicks (late_metrics()). Read them with
-    hour_figures() once an action has run on the returned DataFrame, so the hour is read once."""
+    hour_figures() once an action has run on the returned DataFrame, so the hour is read once.
+
+    The figures are gathered like accumulators in a transformation: on a cluster, a stage that
+    Spark runs again after losing an executor may add its rows twice. The checksum check then fails
+    the recompute loudly, and the task's retry runs it again; nothing wrong is written.
+    """
     observation = Observation("reconcile_hour")
     return labelled.observe(observation, *dump_metrics(F.col(ROW_HASH)), *late_metrics(late_after_s)), observation
 

@@ -179,6 +179,28 @@ def batch(args) -> dict:
     return figures
 
 
+def caught_up(watermark: datetime | None, now: datetime) -> bool:
+    """True when the rollup's watermark is where a run on schedule leaves it: at most two minutes
+    (the run's own minute and the one its lateness waits out) behind ``now``."""
+    return watermark is not None and watermark >= now.replace(second=0, microsecond=0) - timedelta(minutes=2)
+
+
+def wait_for_caught_up_rollup(timeout_s: float = 1800) -> None:
+    """Wait until the unpaused rollup DAG has caught up with the clock. A watermark left behind
+    (the DAG paused, or the scheduler stopped) is caught up a window at a time, and clicks sent
+    meanwhile would measure the catch-up instead of the schedule."""
+    from warehouse import client as warehouse_client
+
+    give_up = time.monotonic() + timeout_s
+    while not caught_up(mark := warehouse_client.watermark(os.environ), now := datetime.now(timezone.utc)):
+        if time.monotonic() > give_up:
+            raise SystemExit(f"the rollup's watermark ({mark}) did not catch up with the clock in {timeout_s:.0f}s: "
+                             "is the scheduler running (make status)?")
+        print(f"  the rollup is catching up: watermark {mark:%Y-%m-%d %H:%M} UTC at {now:%H:%M:%S}"
+              if mark else "  waiting for the rollup's first load", flush=True)
+        time.sleep(15)
+
+
 def freshness(args) -> dict:
     """Send clicks at a steady rate; note when each (ad, minute) shows all of its clicks."""
     import requests
@@ -199,6 +221,7 @@ def freshness(args) -> dict:
     cluster.shutdown()
     airflow = AirflowAPI.from_env()
     airflow.set_paused("rollup_clicks_minute", False)
+    wait_for_caught_up_rollup()
 
     sent: list[tuple[str, datetime, float]] = []  # (ad, minute, send time)
     http = requests.Session()
