@@ -85,8 +85,13 @@ def stats_of(metrics: dict) -> dict:
         "min_clicked_at": instant(metrics["min_clicked_at_us"]),
         "max_clicked_at": instant(metrics["max_clicked_at_us"]),
         "min_issued_at": instant(metrics.get("min_issued_at_us")),
-        "checksum": f"{CHECKSUM_PREFIX}{int(metrics['checksum_sum'])}",
+        "checksum": checksum_text(int(metrics["checksum_sum"])),
     }
+
+
+def checksum_text(row_hash_sum: int) -> str:
+    """The manifest's checksum: the exact sum of the rows' row_hash()."""
+    return f"{CHECKSUM_PREFIX}{row_hash_sum}"
 
 
 def write(clicks: DataFrame, url: str) -> dict:

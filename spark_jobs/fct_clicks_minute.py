@@ -142,7 +142,7 @@ def _count_where(condition) -> F.Column:
     return F.sum(F.when(condition, 1).otherwise(0)).cast("long")
 
 
-def transform_minute_cells(clicks: DataFrame) -> DataFrame:
+def transform_minute_cells(clicks: DataFrame, *extra: Column) -> DataFrame:
     """The labelled clicks counted by (minute, ad) and billable user, in one shuffle.
 
     One row per distinct user behind the billable clicks of each (minute, ad), holding those
@@ -150,7 +150,10 @@ def transform_minute_cells(clicks: DataFrame) -> DataFrame:
     expired, invalid). transform_minute_facts() and transform_minute_users() both derive from
     these rows, so the job groups its clicks once. Spark adds up each task's rows of a
     (minute, ad, user) before the shuffle, so a hot ad's clicks reach the shuffle as one row per
-    user and task.
+    user and task. ``extra``: more aggregates to compute per row, in the same pass.
+
+    A (minute, ad) is expected to have one advertiser (the registry keeps it so, and the data
+    quality check fails a run otherwise); rows of an ad that carry two would give two users rows.
     """
     status, reason = F.col("status"), F.col("reason")
     reason_counts = [_count_where((status == INVALID) & (reason == name)).alias(col) for name, col in REASONS.items()]
@@ -161,6 +164,7 @@ def transform_minute_cells(clicks: DataFrame) -> DataFrame:
         _count_where(status == EXPIRED).alias("expired_clicks"),
         _count_where(status == INVALID).alias("invalid_clicks"),
         *reason_counts,
+        *extra,
     )
 
 

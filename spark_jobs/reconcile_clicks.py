@@ -28,13 +28,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from click_api.windows import Windows
 from spark_jobs import raw_dumps
-from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, row_hash, stats_of
+from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, checksum_text, row_hash
 from spark_jobs.fct_clicks_minute import (
     DUPLICATE,
     VALID,
@@ -55,6 +55,7 @@ IMPRESSION_SCHEMA = T.StructType([
 ])
 # Each hour row's row_hash(), carried through the labelling so the checksum needs no pass of its own.
 ROW_HASH = "_row_hash"
+LATE_COUNTS = ("late_clicks", "late_billable_clicks")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -105,24 +106,28 @@ def extract_earlier(spark: SparkSession, store: raw_dumps.DumpStore, earlier: li
     return earlier_clicks
 
 
-def observe_hour(labelled: DataFrame, late_after_s: int) -> tuple[DataFrame, Observation]:
-    """``labelled`` with the hour's checks measured as its rows go by: row count, click times and
-    checksum (from each row's ROW_HASH), and the late clicks (late_metrics()). Read them with
-    hour_figures() once an action has run on the returned DataFrame, so the hour is read once.
+def hour_cells(labelled: DataFrame, late_after_s: int) -> DataFrame:
+    """transform_minute_cells() of the hour, each cell also carrying its part of the hour's checks:
+    its rows, the sum of their ROW_HASH, and its late clicks (late_metrics()). hour_figures() adds
+    them up, so the hour is read once for both."""
+    row_hash_column = F.col(ROW_HASH)
+    return transform_minute_cells(
+        labelled,
+        F.count(F.lit(1)).alias("_rows"),
+        # The 64-bit hashes summed as two 32-bit halves in 64-bit sums: exact up to 2^31 rows an hour.
+        F.sum(F.shiftright(row_hash_column, 32)).alias("_hash_high_sum"),
+        F.sum(row_hash_column.bitwiseAND(F.lit(0xFFFFFFFF))).alias("_hash_low_sum"),
+        *late_metrics(late_after_s),
+    )
 
-    The figures are gathered like accumulators in a transformation: on a cluster, a stage that
-    Spark runs again after losing an executor may add its rows twice. The checksum check then fails
-    the recompute loudly, and the task's retry runs it again; nothing wrong is written.
-    """
-    observation = Observation("reconcile_hour")
-    return labelled.observe(observation, *dump_metrics(F.col(ROW_HASH)), *late_metrics(late_after_s)), observation
 
-
-def hour_figures(observation: Observation) -> tuple[dict, dict]:
-    """The manifest statistics and the late-click counts that observe_hour() measured."""
-    # Spark reports nothing when no task ran, which only happens when there was no row to read.
-    metrics = observation.get or {"rows": 0, "min_clicked_at_us": None, "max_clicked_at_us": None, "checksum_sum": 0}
-    return stats_of(metrics), {name: int(metrics.get(name) or 0) for name in ("late_clicks", "late_billable_clicks")}
+def hour_figures(cells: DataFrame) -> tuple[dict, dict]:
+    """The hour's row count and checksum, as its manifest records them, and its late-click counts,
+    added up over hour_cells(): exact however often Spark ran a stage to build the cells."""
+    names = ("_rows", "_hash_high_sum", "_hash_low_sum", *LATE_COUNTS)
+    sums = cells.agg(*[F.coalesce(F.sum(name), F.lit(0)).alias(name) for name in names]).first()
+    checksum = checksum_text((sums["_hash_high_sum"] << 32) + sums["_hash_low_sum"])
+    return {"rows": sums["_rows"], "checksum": checksum}, {name: sums[name] for name in LATE_COUNTS}
 
 
 def verify(spark: SparkSession, store: raw_dumps.DumpStore, hour: raw_dumps.Manifest, stats: dict,
@@ -145,7 +150,7 @@ def transform_recompute_inputs(hour_clicks: DataFrame, earlier_clicks: DataFrame
 
     As in the minute rollup, an impression issued inside the hour has no click before it, so only
     the few issued earlier are looked up in the earlier hours' dumps, and only their billable kinds.
-    The hour's clicks carry their row_hash() (ROW_HASH) for observe_hour.
+    The hour's clicks carry their row_hash() (ROW_HASH) for hour_cells.
     """
     clicks = hour_clicks.select(*DUMP_COLUMNS).withColumn(ROW_HASH, row_hash())
     clicked_at = F.col("clicked_at")
@@ -210,12 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         earlier_clicks = extract_earlier(spark, store, earlier)
         clicks, impression_clicks = transform_recompute_inputs(hour_clicks, earlier_clicks, args.start, args.horizon_s,
                                                                clock_skew)
-        # The hour is read once: its checks are measured while its clicks are labelled and counted
-        # into cells, and they pass before anything is written.
-        observed, observation = observe_hour(transform_billable(clicks, impression_clicks), args.late_after_s)
-        cells = transform_minute_cells(observed).persist(StorageLevel.MEMORY_AND_DISK)
-        cells.count()
-        stats, late = hour_figures(observation)
+        # The hour is read once: its checks are counted into the cells with its clicks, and they
+        # pass before anything is written.
+        cells = hour_cells(transform_billable(clicks, impression_clicks), args.late_after_s)
+        cells = cells.persist(StorageLevel.MEMORY_AND_DISK)
+        stats, late = hour_figures(cells)
         try:
             verify(spark, store, hour, stats, earlier)
         except raw_dumps.DumpMismatch as error:

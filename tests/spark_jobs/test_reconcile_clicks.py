@@ -8,14 +8,14 @@ import pytest
 
 from spark_jobs import raw_dumps
 from spark_jobs.dump_raw_clicks import DUMP_COLUMNS, dump_metrics, earliest_issue_metric, stats_of
-from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_cells, transform_minute_facts
+from spark_jobs.fct_clicks_minute import transform_billable, transform_minute_facts
 from spark_jobs.reconcile_clicks import (
     IMPRESSION_COLUMNS,
     earliest_issue,
     earliest_of,
+    hour_cells,
     hour_figures,
     hours_reached,
-    observe_hour,
     transform_recompute_inputs,
     verify,
 )
@@ -60,14 +60,7 @@ def recompute(spark, hour_rows: list[tuple], earlier_rows: list[tuple], horizon_
 
 
 def figures(labelled, late_after_s: int) -> tuple[dict, dict]:
-    """hour_figures() as the job measures them: observed while the cells are persisted and counted."""
-    observed, observation = observe_hour(labelled, late_after_s)
-    cells = transform_minute_cells(observed).persist()
-    cells.count()
-    try:
-        return hour_figures(observation)
-    finally:
-        cells.unpersist()
+    return hour_figures(hour_cells(labelled, late_after_s))
 
 
 def billable_by_click(labelled) -> dict[str, bool]:
@@ -228,7 +221,7 @@ def test_the_minute_facts_of_a_recompute(spark):
         dumped("c-z", "imp-4", at(6), status="expired"),
     ]
 
-    facts = transform_minute_facts(transform_minute_cells(recompute(spark, hour, earlier)))
+    facts = transform_minute_facts(hour_cells(recompute(spark, hour, earlier), 680))
 
     got = {(r["minute_at"], r["ad_id"]): (r["billable_clicks"], r["duplicate_clicks"], r["expired_clicks"], r["unique_users"])
            for r in facts.collect()}
@@ -253,10 +246,11 @@ def test_clicks_stored_after_every_minute_rollup_are_counted_as_late(spark):
     assert late == {"late_clicks": 2, "late_billable_clicks": 1}
 
 
-def test_an_hour_without_clicks_has_no_late_clicks(spark):
-    _, late = figures(recompute(spark, [], []), 680)
+def test_an_hour_without_clicks_has_no_late_clicks_and_the_statistics_of_an_empty_dump(spark):
+    stats, late = figures(recompute(spark, [], []), 680)
 
     assert late == {"late_clicks": 0, "late_billable_clicks": 0}
+    assert stats == {"rows": 0, "checksum": metrics(dump_df(spark, []))["checksum"]}
 
 
 # Checking the dumps read back against their manifests
@@ -289,7 +283,8 @@ def test_the_labelled_rows_give_the_dumps_own_statistics(spark):
     labelled = recompute(spark, hour_rows, earlier_rows)
 
     stats, _ = figures(labelled, 680)
-    assert stats == metrics(dump_df(spark, hour_rows))
+    dumped_stats = metrics(dump_df(spark, hour_rows))
+    assert stats == {"rows": dumped_stats["rows"], "checksum": dumped_stats["checksum"]}
     assert labelled.count() == len(hour_rows)
 
 
