@@ -53,14 +53,13 @@ def row_hash() -> Column:
     return F.xxhash64(*[F.col(c) for c in DUMP_COLUMNS])
 
 
-def dump_metrics(hashes: Column | None = None) -> list[Column]:
+def dump_metrics() -> list[Column]:
     """Row count, first and last click time (epoch microseconds) and an order-independent checksum.
 
     The checksum is the exact sum of every row's row_hash(), so it does not depend on how Spark
-    splits or orders the rows, and the reconciliation can recompute it from the files. ``hashes``:
-    a column already holding row_hash() (by default it is computed here).
+    splits or orders the rows, and the reconciliation can recompute it from the files.
     """
-    row_hash_sum = (row_hash() if hashes is None else hashes).cast("decimal(38,0)")
+    row_hash_sum = row_hash().cast("decimal(38,0)")
     return [
         F.count(F.lit(1)).alias("rows"),
         F.unix_micros(F.min("clicked_at")).alias("min_clicked_at_us"),
