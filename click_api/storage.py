@@ -120,6 +120,11 @@ class CassandraStore:
             f"SELECT status FROM {keyspace}.clicks_by_impression WHERE impression_id = ? LIMIT 100"
         )
         self._list_ads = f"SELECT ad_id, advertiser_id, target_url, status FROM {keyspace}.ads"
+        self._mark_late_hour = session.prepare(
+            f"INSERT INTO {keyspace}.late_click_hours (hour, replayed_at) VALUES (?, ?) USING TTL ?"
+        )
+        self._mark_late_hour.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        self._late_hours = f"SELECT hour, replayed_at FROM {keyspace}.late_click_hours"
         for statement in (self._insert_click, self._insert_by_impression):
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
         self._select_ad.consistency_level = ConsistencyLevel.LOCAL_ONE
@@ -163,6 +168,19 @@ class CassandraStore:
         """True when a valid or duplicate click of the impression is already stored."""
         rows = self.session.execute(self._select_impression, (impression_id,), timeout=timeout)
         return any(row.status in (VALID, DUPLICATE) for row in rows)
+
+    def mark_late_hour(self, hour: datetime, replayed_at: datetime) -> None:
+        """Record that clicks of ``hour`` were stored at ``replayed_at``, after every minute rollup had
+        passed them. Called after those clicks are stored, so a dump read after ``replayed_at`` has them."""
+        self.session.execute(self._mark_late_hour, (hour, replayed_at, self.raw_click_ttl), timeout=2.0)
+
+    def late_hours(self) -> dict[datetime, datetime]:
+        """Every marked hour and the time of its latest late replay, as aware UTC datetimes."""
+        def aware(moment: datetime) -> datetime:
+            return moment.replace(tzinfo=timezone.utc)
+
+        rows = self.session.execute(self._late_hours, timeout=10.0)
+        return {aware(row.hour): aware(row.replayed_at) for row in rows}
 
     def ping(self) -> None:
         self.session.execute("SELECT release_version FROM system.local", timeout=2.0)

@@ -60,9 +60,11 @@ def replay_once(services: Services, windows=None,
     """Drain the spool into Cassandra if there is anything to drain and Cassandra answers.
 
     The spool-depth gauge is set first, so it shows the clicks waiting while Cassandra is still down.
-    With ``windows`` (click_api.windows.Windows), clicks that reach Cassandra after every minute
-    rollup has passed their minute are counted and logged by hour: only the hour's reconciliation
-    counts them, and only if it runs after now.
+    With ``windows`` (click_api.windows.Windows), a click that reaches Cassandra after every minute
+    rollup has passed its minute is late: only the reconciliation counts it. Its hour is marked in
+    ``late_click_hours`` once it is stored (and before the spool lets go of it), so that the next
+    hourly reconciliation dumps the hour again if its dump was read earlier, and backfills the hours
+    after it; the late clicks are also counted and logged by hour.
     """
     spool = services.spool
     if spool is None:
@@ -77,8 +79,11 @@ def replay_once(services: Services, windows=None,
 
     def save(click) -> None:
         services.store.save_click(click)
-        if late_after is not None and click.minute < clock() - late_after:  # a long replay: now, not when it began
-            late_hours[click.minute.replace(minute=0)] += 1
+        now = clock()  # a long replay: now, not when it began
+        if late_after is not None and click.minute < now - late_after:
+            hour = click.minute.replace(minute=0)
+            services.store.mark_late_hour(hour, now)
+            late_hours[hour] += 1
 
     try:
         count = spool.replay(save)
@@ -95,9 +100,9 @@ def _report_late(late_hours: Counter, windows) -> None:
         until = hour + timedelta(seconds=windows.duplicate_horizon)
         log.warning(
             "%d replayed clicks of the hour %s reached Cassandra after the minute rollups had passed their "
-            "minutes. The hour's reconciliation counts them if it has not dumped the hour yet; if it has, "
-            "reconcile that hour again with the ones after it in the duplicate horizon: "
-            "make backfill DAG=reconcile_clicks_hourly FROM=%s TO=%s",
+            "minutes. The hour is marked late: the next run of reconcile_clicks_hourly counts them, dumping "
+            "the hour again if it was dumped before now and backfilling the hours after it in the duplicate "
+            "horizon (by hand: make backfill DAG=reconcile_clicks_hourly FROM=%s TO=%s)",
             count, f"{hour:%Y-%m-%dT%H:%M}Z", f"{hour:%Y-%m-%dT%H:%M}", f"{until:%Y-%m-%dT%H:%M}")
 
 

@@ -1,8 +1,9 @@
 """Dump closed hours of raw clicks from Cassandra to S3 as Parquet, with one manifest per hour.
 
-    spark-submit spark_jobs/dump_raw_clicks.py --start 2026-01-01T10:00 --end 2026-01-01T11:00
+    spark-submit spark_jobs/dump_raw_clicks.py --start 2026-01-01T10:00 --end 2026-01-01T11:00 \
+        [--also-hours 2026-01-01T02:00,2026-01-01T05:00]
 
-For each hour of [start, end) (whole UTC hours): read the hour's (minute, shard) partitions of
+For each hour of [start, end) (whole UTC hours), and each hour of --also-hours: read the hour's (minute, shard) partitions of
 raw_clicks with the same direct join as the minute rollup (no table scan), write every column to
 a new run prefix ``s3a://<bucket>/raw_clicks/date=YYYY-MM-DD/hour=HH/run=<run id>/``, measuring
 the row count, the first and last click time and a checksum on the rows as they are written;
@@ -16,6 +17,7 @@ reconcile_clicks_hourly DAG decides which.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -28,7 +30,7 @@ from pyspark.sql import functions as F
 
 from spark_jobs import raw_dumps
 from spark_jobs.fct_clicks_minute import cassandra_table, partition_keys
-from spark_jobs.session import build_session, window_parser
+from spark_jobs.session import build_session, parse_utc, window_parser
 
 # Every column of raw_clicks: the dump is the archive, not just what today's rollup reads.
 DUMP_COLUMNS = [
@@ -100,6 +102,15 @@ def write(clicks: DataFrame, url: str) -> dict:
     return stats_of(observation.get)
 
 
+def parse_hours(text: str) -> list[datetime]:
+    """``--also-hours``: comma-separated hour starts; an empty text is no hour."""
+    hours = [parse_utc(part) for part in text.split(",") if part.strip()]
+    for hour in hours:
+        if hour != raw_dumps.floor_hour(hour):
+            raise argparse.ArgumentTypeError(f"{hour.isoformat()} is not the start of an hour")
+    return hours
+
+
 def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
@@ -110,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=raw_dumps.ROOT, help="key prefix of the dumps in the bucket")
     parser.add_argument("--keyspace", default=os.environ.get("CASSANDRA_KEYSPACE", "clickagg"))
     parser.add_argument("--shards", type=int, default=int(os.environ.get("RAW_CLICK_SHARDS", "16")))
+    parser.add_argument("--also-hours", default="", type=parse_hours,
+                        help="more hours to dump, comma-separated ISO-8601 UTC hour starts (may be empty)")
     parser.add_argument("--master", help="Spark master when not run by spark-submit, e.g. local[2]")
     args = parser.parse_args(argv)
     hours = raw_dumps.hours_between(args.start, args.end)  # validate before starting Spark
     if not hours:
         parser.error("--end must be after --start")
+    hours = sorted(set(args.also_hours) | set(hours))
     store = raw_dumps.DumpStore(raw_dumps.s3_client(os.environ), args.bucket, args.root)
 
     spark = build_session("dump_raw_clicks", os.environ, args.master)
@@ -123,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             run_id = new_run_id()
             prefix = raw_dumps.run_prefix(args.root, hour, run_id)
+            read_started_at = datetime.now(timezone.utc)  # every click stored before this is in the dump
             stats = write(extract(spark, args.keyspace, hour, hour + raw_dumps.HOUR, args.shards), store.url(prefix, "s3a"))
             manifest = raw_dumps.build_manifest(
-                args.root, hour, run_id, store.list_objects(prefix), stats, DUMP_COLUMNS, datetime.now(timezone.utc)
+                args.root, hour, run_id, store.list_objects(prefix), stats, DUMP_COLUMNS, datetime.now(timezone.utc),
+                read_started_at,
             )
             store.publish(manifest)
             summary = {

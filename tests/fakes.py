@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from click_api.events import Click
 from click_api.storage import Ad
 
@@ -14,6 +16,7 @@ class FakeStore:
         self.clicks: dict[str, Click] = {}
         self.down = False
         self.ad_reads = 0
+        self.late: dict[datetime, datetime] = {}
 
     def _check(self) -> None:
         if self.down:
@@ -31,6 +34,14 @@ class FakeStore:
     def save_click(self, click: Click) -> None:
         self._check()
         self.clicks[click.click_id] = click
+
+    def mark_late_hour(self, hour: datetime, replayed_at: datetime) -> None:
+        self._check()
+        self.late[hour] = replayed_at
+
+    def late_hours(self) -> dict[datetime, datetime]:
+        self._check()
+        return dict(self.late)
 
     def has_billable_click(self, impression_id: str) -> bool:
         self._check()

@@ -263,7 +263,7 @@ def test_the_replayer_reports_the_spool_depth_while_cassandra_is_down_and_drains
     assert sorted(store.clicks) == [make_click(n).click_id for n in range(3)]
 
 
-def test_clicks_replayed_after_the_rollups_passed_their_minute_are_counted_and_logged_by_hour(tmp_path, caplog):
+def test_clicks_replayed_after_the_rollups_passed_their_minute_are_marked_counted_and_logged_by_hour(tmp_path, caplog):
     from prometheus_client import REGISTRY
 
     from click_api.windows import Windows
@@ -274,16 +274,42 @@ def test_clicks_replayed_after_the_rollups_passed_their_minute_are_counted_and_l
     for n in (0, 1, 2):  # 12:00:00 to 12:00:02 on 2024-05-01
         spool.append(make_click(n))
     spool.append(make_click(3, clicked_at=CLICKED_AT + timedelta(minutes=55)))  # 12:55, well within the bound
-    services = Services(store=FakeStore(), deduper=None, spool=spool, clicks=None)
+    store = FakeStore()
+    services = Services(store=store, deduper=None, spool=spool, clicks=None)
     before = REGISTRY.get_sample_value("clickagg_clicks_replayed_late_total") or 0
     now = CLICKED_AT.replace(microsecond=0) + timedelta(minutes=58)  # 12:58: 680 s after 12:00 has long passed
 
     assert replay_once(services, Windows(), clock=lambda: now) == 4
 
+    assert store.late == {CLICKED_AT.replace(minute=0, second=0, microsecond=0): now}
     assert REGISTRY.get_sample_value("clickagg_clicks_replayed_late_total") - before == 3
     [line] = [r.getMessage() for r in caplog.records if "replayed clicks of the hour" in r.getMessage()]
     assert line.startswith("3 replayed clicks of the hour 2024-05-01T12:00Z")
-    assert line.endswith("make backfill DAG=reconcile_clicks_hourly FROM=2024-05-01T12:00 TO=2024-05-01T15:00")
+    assert "the next run of reconcile_clicks_hourly counts them" in line
+    assert line.endswith("make backfill DAG=reconcile_clicks_hourly FROM=2024-05-01T12:00 TO=2024-05-01T15:00)")
+
+
+def test_a_late_click_whose_hour_cannot_be_marked_stays_in_the_spool(tmp_path):
+    from click_api.windows import Windows
+    from click_api.wiring import Services, replay_once
+    from tests.fakes import FakeStore
+
+    class MarkFails(FakeStore):
+        def mark_late_hour(self, hour, replayed_at):
+            raise ConnectionError("cassandra timed out")
+
+    spool = Spool(str(tmp_path))
+    spool.append(make_click(0))
+    services = Services(store=MarkFails(), deduper=None, spool=spool, clicks=None)
+
+    with pytest.raises(ConnectionError):
+        replay_once(services, Windows(), clock=lambda: CLICKED_AT + timedelta(hours=1))
+
+    assert spool.depth() == 1
+    store = FakeStore()
+    assert replay_once(Services(store=store, deduper=None, spool=spool, clicks=None), Windows(),
+                       clock=lambda: CLICKED_AT + timedelta(hours=1)) == 1
+    assert list(store.late) == [CLICKED_AT.replace(minute=0, second=0, microsecond=0)]
 
 
 def test_a_failed_file_creation_leaves_the_spool_usable(spool, monkeypatch):

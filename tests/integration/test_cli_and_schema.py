@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -31,12 +32,12 @@ def test_migrations_create_the_schema_once_and_record_it(cassandra, fresh_keyspa
     assert cli.main(["migrate"]) == 0
 
     first, again = capsys.readouterr().out.strip().splitlines()
-    assert first == f"keyspace {fresh_keyspace}: applied [1]"
+    assert first == f"keyspace {fresh_keyspace}: applied [1, 2]"
     assert again == f"keyspace {fresh_keyspace}: schema up to date"
     tables = {row.table_name for row in cassandra.execute(
         "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", [fresh_keyspace])}
-    assert {"ads", "raw_clicks", "clicks_by_impression", "schema_migrations"} <= tables
-    assert [row.version for row in cassandra.execute(f"SELECT version FROM {fresh_keyspace}.schema_migrations")] == [1]
+    assert {"ads", "raw_clicks", "clicks_by_impression", "late_click_hours", "schema_migrations"} <= tables
+    assert sorted(row.version for row in cassandra.execute(f"SELECT version FROM {fresh_keyspace}.schema_migrations")) == [1, 2]
 
 
 def test_the_cli_creates_lists_pauses_and_resumes_an_ad_and_mints_its_click_url(store, cfg, capsys):
@@ -88,3 +89,17 @@ def test_a_stored_click_is_written_with_the_raw_click_ttl(cassandra, cfg):
     [by_impression] = cassandra.execute(f"SELECT TTL(status) AS ttl FROM {keyspace}.clicks_by_impression "
                                         "WHERE impression_id = %s", [click.impression_id])
     assert 3500 < raw.ttl <= 3600 and 3500 < by_impression.ttl <= 3600
+
+
+def test_a_late_hour_keeps_its_latest_replay_and_expires_with_the_raw_clicks(cassandra, cfg):
+    store = CassandraStore(cassandra, cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
+    hour = datetime(2020, 1, 1, random.randrange(24), tzinfo=timezone.utc) + timedelta(days=random.randrange(3000))
+    first, latest = hour + timedelta(hours=2), hour + timedelta(hours=2, minutes=30)
+
+    store.mark_late_hour(hour, first)
+    store.mark_late_hour(hour, latest)
+
+    assert store.late_hours()[hour] == latest
+    [row] = cassandra.execute(f"SELECT TTL(replayed_at) AS ttl FROM {cfg['CASSANDRA_KEYSPACE']}.late_click_hours "
+                              "WHERE hour = %s", [hour])
+    assert 3500 < row.ttl <= 3600

@@ -27,7 +27,8 @@ def run_files(hour: datetime, run_id: str, sizes=(10, 20)) -> dict[str, int]:
 
 def manifest(hour=H10, run_id="r1", **overrides) -> Manifest:
     return raw_dumps.build_manifest("raw_clicks", hour, run_id, run_files(hour, run_id), stats(**overrides),
-                                    ["minute", "clicked_at"], datetime(2026, 1, 1, 12, tzinfo=timezone.utc))
+                                    ["minute", "clicked_at"], datetime(2026, 1, 1, 12, tzinfo=timezone.utc),
+                                    datetime(2026, 1, 1, 11, 58, tzinfo=timezone.utc))
 
 
 # Hours and keys
@@ -94,17 +95,18 @@ def test_a_manifest_survives_its_json_round_trip():
 
     assert Manifest.from_json(original.to_json()) == original
     assert original.min_issued_at == H10 - timedelta(minutes=7)
+    assert original.read_started_at == datetime(2026, 1, 1, 11, 58, tzinfo=timezone.utc)
 
 
-def test_a_manifest_written_before_the_earliest_issue_time_was_recorded_still_reads():
+def test_a_manifest_written_before_the_earliest_issue_and_read_times_were_recorded_still_reads():
     import json
 
     body = json.loads(manifest().to_json())
-    del body["min_issued_at"]
+    del body["min_issued_at"], body["read_started_at"]
 
     read = Manifest.from_json(json.dumps(body))
 
-    assert read.min_issued_at is None
+    assert (read.min_issued_at, read.read_started_at) == (None, None)
     assert read.row_count == 3
 
 
@@ -271,3 +273,14 @@ def test_retention_with_nothing_expired_deletes_nothing(s3, store):
 
     assert (result["hours_deleted"], result["objects_deleted"]) == ([], 0)
     assert s3.keys(BUCKET) == before
+
+
+def test_the_dump_jobs_extra_hours_are_whole_hours_and_may_be_none():
+    import argparse
+
+    from spark_jobs.dump_raw_clicks import parse_hours
+
+    assert parse_hours("") == []
+    assert parse_hours("2026-01-01T05:00:00+00:00,2026-01-01T07:00Z") == [H10 - 5 * HOUR, H10 - 3 * HOUR]
+    with pytest.raises(argparse.ArgumentTypeError, match="not the start of an hour"):
+        parse_hours("2026-01-01T05:30Z")
