@@ -24,6 +24,7 @@ STAGING_DIR = os.environ.get("ROLLUP_STAGING_DIR", str(REPO / ".local" / "stagin
 START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026-01-01T00:00:00+00:00"))
 DEFAULT_DRIFT_THRESHOLD = "0.0001"
 HOUR = timedelta(hours=1)
+DAG_ID = "reconcile_clicks_hourly"
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_hour')['{}'] }}}}"
 DUMP = "{{{{ ti.xcom_pull(task_ids='plan_dump', key='dump')['{}'] }}}}"
@@ -65,14 +66,17 @@ def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
         "horizon_s": windows.duplicate_horizon,
         "late_after_s": windows.late_after,
         "raw_click_ttl_s": windows.raw_click_ttl,
+        "clock_skew_s": windows.clock_skew,
         "output": f"{STAGING_DIR}/reconcile_clicks/{start:%Y%m%dT%H}",
     }
 
 
-def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now: datetime) -> dict | None:
-    """The hours to dump, as one range ending with the run's hour: the hour itself and any earlier
-    hour of the duplicate horizon without a dump, but only hours Cassandra still holds in full.
-    None when nothing is to be dumped, or the run's conf said not to dump."""
+def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now: datetime,
+               late: list[datetime] = ()) -> dict | None:
+    """The hours to dump: one range ending with the run's hour (the hour itself and any earlier hour
+    of the duplicate horizon without a dump), and ``also`` the ``late`` hours before that range (see
+    late_hours_to_dump), comma-separated; only hours Cassandra still holds in full. None when nothing
+    is to be dumped, or the run's conf said not to dump."""
     if not window["dump"]:
         return None
     hour = parse_utc(window["start"])
@@ -82,9 +86,56 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
     oldest_whole = oldest_held(now, window["raw_click_ttl_s"])
     wanted = [h for h in [*earlier, hour] if h not in dumped or h == hour]
     wanted = [h for h in wanted if h >= oldest_whole]
-    if not wanted:
+    if not wanted:  # the run's hour is gone from Cassandra, and so is every earlier one
         return None
-    return {"start": min(wanted).isoformat(), "end": (hour + HOUR).isoformat()}
+    start = min(wanted)
+    return {"start": start.isoformat(), "end": (hour + HOUR).isoformat(),
+            "also": ",".join(h.isoformat() for h in sorted(late) if oldest_whole <= h < start)}
+
+
+def late_hours_to_dump(marks: dict[datetime, datetime], read_at: dict[datetime, datetime | None],
+                       hour: datetime, clock_skew_s: int) -> list[datetime]:
+    """The hours before ``hour`` whose dump misses clicks replayed late into them.
+
+    ``marks``: late_click_hours (hour -> the latest late replay into it, by the click service);
+    ``read_at``: when each marked hour's dump began reading Cassandra (None in an older manifest),
+    for the marked hours that have a dump. A dump read before the replay (plus the clock skew
+    between the two machines) may miss its clicks. A marked hour without a dump is left to the run
+    that dumps it, and a later hour to a later run.
+    """
+    skew = timedelta(seconds=clock_skew_s)
+    return sorted(
+        late for late, replayed_at in marks.items()
+        if late < hour and late in read_at and (read_at[late] is None or read_at[late] < replayed_at + skew)
+    )
+
+
+def hours_to_backfill(late: list[datetime], hour: datetime, horizon_s: int) -> dict | None:
+    """The hours before ``hour`` to reconcile again once the ``late`` hours are dumped again: each
+    late hour, and every hour whose duplicate horizon reaches one (its impressions may have been
+    clicked first in the late clicks). As the first and last hour of one range; None if none."""
+    from spark_jobs.raw_dumps import horizon_hours, hours_between
+
+    if not late:
+        return None
+    reached = [h for h in hours_between(min(late), hour) if any(x == h or x in horizon_hours(h, horizon_s) for x in late)]
+    if not reached:
+        return None
+    return {"first": min(reached).isoformat(), "last": max(reached).isoformat()}
+
+
+def _late_marks() -> dict[datetime, datetime]:
+    """The late_click_hours the click service's spool replayer wrote to Cassandra."""
+    from click_api.storage import CassandraStore, connect
+
+    cluster = connect(os.environ.get("CASSANDRA_HOST", "127.0.0.1").split(","), int(os.environ.get("CASSANDRA_PORT", "9042")),
+                      os.environ.get("CASSANDRA_LOCAL_DC", "datacenter1"))
+    try:
+        store = CassandraStore(cluster.connect(), os.environ.get("CASSANDRA_KEYSPACE", "clickagg"), WINDOWS.raw_click_ttl,
+                               int(os.environ.get("RAW_CLICK_SHARDS", "16")))
+        return store.late_hours()
+    finally:
+        cluster.shutdown()
 
 
 def _store():
@@ -111,7 +162,7 @@ def record_failure(context) -> None:
 
 
 @dag(
-    dag_id="reconcile_clicks_hourly",
+    dag_id=DAG_ID,
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
     start_date=START_DATE,
     catchup=False,
@@ -128,8 +179,10 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
 1. **wait** until the hour closed plus the minute rollup's lookback ({LOOKBACK_S}s), its lateness
    ({LATENESS_S}s) and `RECONCILE_MARGIN_S` ({MARGIN_S}s): no minute rollup touches the hour after that;
 2. **dump** the hour from Cassandra to S3 (`spark_jobs/dump_raw_clicks.py`), plus any earlier hour of the
-   duplicate horizon that has no dump yet; data under a new run prefix, then the manifest, then the old runs
-   are deleted. Hours older than `RAW_CLICK_TTL_S` are never dumped again (Cassandra no longer holds them);
+   duplicate horizon that has no dump yet, and any earlier hour whose dump was read before the click service
+   replayed late spooled clicks into it (`late_click_hours` in Cassandra); data under a new run prefix, then
+   the manifest, then the old runs are deleted. Hours older than `RAW_CLICK_TTL_S` are never dumped again
+   (Cassandra no longer holds them);
 3. **verify** that every dump the recompute needs has a manifest and exactly its files;
 4. **recompute** the hour from the dumps (`spark_jobs/reconcile_clicks.py`), checking row count and checksum
    against the manifest, deduplicating against the earlier hours' dumps within `RECONCILE_DUPLICATE_HORIZON_S`;
@@ -140,7 +193,10 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
    (a share of the hour's total), the hour **has already been repaired and recorded**, and this task fails
    so that someone looks at why;
 7. **check the quality** of the repaired hour, as the minute rollup checks its window (keys unique and not
-   null, counts possible): a violation fails the run.
+   null, counts possible): a violation fails the run;
+8. **backfill the late hours**: when step 2 dumped hours again for late clicks, start Airflow's backfill of
+   this DAG over those hours and the hours whose duplicate horizon reaches them (one run at a time), so that
+   each is recomputed from the new dumps and repaired. Backfill runs leave late clicks to the next scheduled run.
 
 A missing dump, or a dump that does not match its manifest, fails the run (no retry) with a message saying
 which, and is recorded as `failed` in `meta_reconciliations`. A dump that retention deleted
@@ -168,27 +224,44 @@ def reconcile_clicks_hourly():
         return PokeReturnValue(is_done=datetime.now(timezone.utc) >= ready_at)
 
     @task.branch(**failure)
-    def plan_dump(window: dict, ti=None) -> str:
-        """Choose the hours to dump (the run's hour and earlier ones without a dump), or none."""
+    def plan_dump(window: dict, ti=None, dag_run=None) -> str:
+        """Choose the hours to dump (the run's hour, earlier ones without a dump, and hours whose dump
+        misses late replayed clicks), or none; and the hours to backfill after this run's repair."""
         from spark_jobs import raw_dumps
 
         store = _store()
-        earlier = raw_dumps.horizon_hours(parse_utc(window["start"]), window["horizon_s"])
+        hour = parse_utc(window["start"])
+        earlier = raw_dumps.horizon_hours(hour, window["horizon_s"])
         dumped = {h for h in earlier if store.read_manifest(h) is not None}
-        hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc))
+        late = []
+        # Late replays are taken up by scheduled and manual runs; a backfill's runs (one of which may be
+        # taking them up already) leave them to the next scheduled run.
+        if window["dump"] and getattr(dag_run, "run_type", None) != "backfill":
+            marks = _late_marks()
+            manifests = {h: store.read_manifest(h) for h in marks if h < hour}
+            read_at = {h: m.read_started_at for h, m in manifests.items() if m is not None}
+            late = late_hours_to_dump(marks, read_at, hour, window["clock_skew_s"])
+        hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc), late)
+        dumping = {parse_utc(h) for h in hours["also"].split(",") if h} if hours else set()
+        late = [h for h in late if h in dumping or hours and h >= parse_utc(hours["start"])]
+        if late:
+            log.warning("clicks were replayed into %s after their dumps were read: dumping them again, and "
+                        "backfilling the hours they reach after this run", ", ".join(f"{h:%Y-%m-%dT%H:%MZ}" for h in late))
+            backfill = hours_to_backfill(late, hour, window["horizon_s"])
+            ti.xcom_push(key="backfill", value=backfill and {**backfill, "drift_threshold": window["drift_threshold"]})
         if hours is None:
             log.warning("not dumping: recomputing %s from the existing dumps (conf dump=false, or Cassandra "
                         "no longer holds the hours in full)", window["start"])
             return "verify_dumps"
         ti.xcom_push(key="dump", value=hours)
-        log.info("dumping [%s, %s)", hours["start"], hours["end"])
+        log.info("dumping [%s, %s)%s", hours["start"], hours["end"], f" and {hours['also']}" if hours["also"] else "")
         return "dump_raw_clicks"
 
     spark = {**submit_options(os.environ), **failure}
     dump = SparkSubmitOperator(
         task_id="dump_raw_clicks",
         application=str(REPO / "spark_jobs" / "dump_raw_clicks.py"),
-        application_args=["--start", DUMP.format("start"), "--end", DUMP.format("end")],
+        application_args=["--start", DUMP.format("start"), "--end", DUMP.format("end"), "--also-hours=" + DUMP.format("also")],
         name="dump_raw_clicks",
         **spark,
     )
@@ -257,6 +330,22 @@ def reconcile_clicks_hourly():
         """Fail the run when the repaired hour has a duplicated or null key, or an impossible count."""
         warehouse_client.require_quality(window["start"], window["end"])
 
+    @task(retries=12, retry_delay=timedelta(minutes=10))
+    def backfill_late_hours(ti=None) -> dict | None:
+        """Reconcile again, through Airflow's own backfill (one run at a time, completed runs re-run),
+        the hours before this one that late replayed clicks reach: plan_dump has dumped them again.
+        The backfill's runs use this run's drift threshold. Retried for two hours while another
+        backfill of this DAG is running."""
+        hours = ti.xcom_pull(task_ids="plan_dump", key="backfill")
+        if not hours:
+            return None
+        from infra.airflow_api import AirflowAPI
+
+        first, last = parse_utc(hours["first"]), parse_utc(hours["last"])
+        backfill = AirflowAPI.from_env().backfill(DAG_ID, first, last, {"drift_threshold": hours["drift_threshold"]})
+        log.info("backfill %s of %s: the runs of %s to %s", backfill.get("id"), DAG_ID, hours["first"], hours["last"])
+        return {"id": backfill.get("id"), **hours}
+
     @task
     def delete_expired_dumps() -> dict:
         """Delete the S3 dumps (manifest first, then data) of hours older than DUMP_RETENTION_S."""
@@ -273,6 +362,7 @@ def reconcile_clicks_hourly():
     recompute >> report
     check_drift(report)
     report >> check_quality(window)
+    report >> backfill_late_hours()
     delete_expired_dumps()
 
 

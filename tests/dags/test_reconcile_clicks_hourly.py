@@ -3,6 +3,7 @@ dump, verify the dumps, call the warehouse and fail loudly (S3 and the warehouse
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -51,7 +52,8 @@ def test_the_tasks_wait_dump_verify_recompute_repair_then_check(dag):
 
     assert set(dag.task_ids) == {
         "plan_hour", "wait_for_hour_to_settle", "plan_dump", "dump_raw_clicks", "verify_dumps",
-        "recompute_from_dumps", "compare_and_repair", "check_drift", "check_quality", "delete_expired_dumps",
+        "recompute_from_dumps", "compare_and_repair", "check_drift", "check_quality", "backfill_late_hours",
+        "delete_expired_dumps",
     }
     assert edges == {
         ("plan_hour", "wait_for_hour_to_settle"), ("wait_for_hour_to_settle", "plan_dump"), ("plan_hour", "plan_dump"),
@@ -59,6 +61,7 @@ def test_the_tasks_wait_dump_verify_recompute_repair_then_check(dag):
         ("plan_hour", "verify_dumps"), ("verify_dumps", "recompute_from_dumps"),
         ("recompute_from_dumps", "compare_and_repair"), ("plan_hour", "compare_and_repair"),
         ("compare_and_repair", "check_drift"), ("compare_and_repair", "check_quality"), ("plan_hour", "check_quality"),
+        ("compare_and_repair", "backfill_late_hours"),
     }
     assert dag.get_task("verify_dumps").trigger_rule == "none_failed_min_one_success"
 
@@ -85,7 +88,7 @@ def test_a_scheduled_run_reconciles_its_data_interval(dag, tmp_path):
     assert plan_hour(dag, conf={}) == {
         "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "dump": True,
         "drift_threshold": 0.0001, "horizon_s": 10800, "late_after_s": 680, "raw_click_ttl_s": 2592000,
-        "output": f"{tmp_path}/staging/reconcile_clicks/20260101T10",
+        "clock_skew_s": 10, "output": f"{tmp_path}/staging/reconcile_clicks/20260101T10",
     }
 
 
@@ -170,12 +173,12 @@ def window(dump=True, ttl_s=30 * 86400, hour=H10) -> dict:
 
 def test_dump_the_hour_alone_when_the_earlier_hours_are_dumped(dag):
     assert module(dag).dump_range(window(), EARLIER, set(EARLIER), NOW) == {
-        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "also": ""}
 
 
 def test_dump_from_the_first_earlier_hour_without_a_dump(dag):
     assert module(dag).dump_range(window(), EARLIER, {EARLIER[0]}, NOW) == {
-        "start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+        "start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "also": ""}
 
 
 def test_no_dump_asked_dumps_nothing_even_with_earlier_hours_missing(dag):
@@ -187,8 +190,66 @@ def test_hours_cassandra_no_longer_holds_are_never_dumped(dag):
     ttl_s = 3 * 3600  # oldest hour held in full: NOW - 3 h + 1 h margin = 10:00
 
     assert module(dag).dump_range(window(ttl_s=ttl_s), EARLIER, set(), NOW) == {
-        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "also": ""}
     assert module(dag).dump_range(window(ttl_s=ttl_s), EARLIER, set(), NOW + HOUR) is None
+
+
+def test_late_hours_before_the_range_are_dumped_again_alone(dag):
+    late = [H10 - 9 * HOUR, H10 - 5 * HOUR, H10 - 2 * HOUR]
+
+    assert module(dag).dump_range(window(), EARLIER, {EARLIER[0]}, NOW, late) == {
+        "start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00",
+        "also": "2026-01-01T01:00:00+00:00,2026-01-01T05:00:00+00:00"}
+
+
+def test_late_hours_cassandra_no_longer_holds_are_not_dumped_again(dag):
+    ttl_s = 4 * 3600  # oldest hour held in full: NOW - 4 h + 1 h margin = 09:00
+
+    assert module(dag).dump_range(window(ttl_s=ttl_s), EARLIER, set(EARLIER), NOW, [H10 - 5 * HOUR])["also"] == ""
+
+
+# Hours that late replayed clicks reach
+
+
+REPLAYED = H10 - 30 * timedelta(minutes=1)  # 09:30
+
+
+@pytest.mark.parametrize(
+    ("read_at", "late"),
+    [
+        ({H10 - 3 * HOUR: H10 - 2 * HOUR}, [H10 - 3 * HOUR]),  # read at 08:00, replayed at 09:30
+        ({H10 - 3 * HOUR: REPLAYED + timedelta(seconds=5)}, [H10 - 3 * HOUR]),  # within the clock skew
+        ({H10 - 3 * HOUR: REPLAYED + timedelta(seconds=11)}, []),  # read after the replay
+        ({H10 - 3 * HOUR: None}, [H10 - 3 * HOUR]),  # a manifest from before the read time was recorded
+        ({}, []),  # no dump yet: the run that dumps it reads the clicks
+    ],
+    ids=["read-before", "within-skew", "read-after", "unknown-read-time", "no-dump"],
+)
+def test_a_marked_hour_is_late_when_its_dump_was_read_before_the_replay(dag, read_at, late):
+    assert module(dag).late_hours_to_dump({H10 - 3 * HOUR: REPLAYED}, read_at, H10, 10) == late
+
+
+def test_the_runs_own_hour_and_later_marked_hours_are_left_to_their_own_runs(dag):
+    marks = {H10: REPLAYED, H10 + HOUR: REPLAYED}
+
+    assert module(dag).late_hours_to_dump(marks, {H10: None, H10 + HOUR: None}, H10, 10) == []
+
+
+@pytest.mark.parametrize(
+    ("late", "horizon_s", "hours"),
+    [
+        ([H10 - 5 * HOUR], 3 * 3600, ("05:00", "08:00")),  # the late hour and the three its horizon reaches
+        ([H10 - 2 * HOUR], 3 * 3600, ("08:00", "09:00")),  # up to the hour before the run's: it recomputes its own
+        ([H10 - 9 * HOUR, H10 - 5 * HOUR], 3600, ("01:00", "06:00")),  # two late hours: one range over both
+        ([H10 - 5 * HOUR], 5400, ("05:00", "07:00")),  # a horizon of 1.5 hours reaches two hours on
+        ([], 3 * 3600, None),
+    ],
+    ids=["one", "up-to-the-run", "two", "part-hour-horizon", "none"],
+)
+def test_the_backfill_covers_the_late_hours_and_those_whose_horizon_reaches_them(dag, late, horizon_s, hours):
+    expected = None if hours is None else {"first": f"2026-01-01T{hours[0]}:00+00:00", "last": f"2026-01-01T{hours[1]}:00+00:00"}
+
+    assert module(dag).hours_to_backfill(late, H10, horizon_s) == expected
 
 
 # The tasks, on an in-memory S3
@@ -228,23 +289,106 @@ def recent_window(dag, hour: datetime, **conf) -> dict:
     return plan_hour(dag, conf={"hour": hour.isoformat(), **conf})
 
 
-def test_plan_dump_dumps_from_the_first_earlier_hour_without_a_dump(dag, s3):
+@pytest.fixture
+def marks(dag, monkeypatch) -> dict:
+    """late_click_hours, as plan_dump reads them from Cassandra: fill in the test."""
+    rows: dict[datetime, datetime] = {}
+    monkeypatch.setitem(dag.get_task("plan_dump").python_callable.__globals__, "_late_marks", lambda: dict(rows))
+    return rows
+
+
+def publish_read_at(s3: FakeS3, hour: datetime, read_at: datetime) -> None:
+    store = raw_dumps.DumpStore(s3, "bucket")
+    store.publish(dataclasses.replace(publish(s3, hour), read_started_at=read_at))
+
+
+SCHEDULED, BACKFILL = SimpleNamespace(run_type="scheduled"), SimpleNamespace(run_type="backfill")
+
+
+def test_plan_dump_dumps_from_the_first_earlier_hour_without_a_dump(dag, s3, marks):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     publish(s3, hour - 3 * HOUR)
     ti = FakeTaskInstance()
 
-    chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti)
+    chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
 
     assert chosen == "dump_raw_clicks"
-    assert ti.pushed["dump"] == {"start": (hour - 2 * HOUR).isoformat(), "end": (hour + HOUR).isoformat()}
+    assert ti.pushed == {"dump": {"start": (hour - 2 * HOUR).isoformat(), "end": (hour + HOUR).isoformat(), "also": ""}}
 
 
-def test_plan_dump_goes_straight_to_verify_when_the_conf_says_not_to_dump(dag, s3):
+def test_plan_dump_goes_straight_to_verify_when_the_conf_says_not_to_dump(dag, s3, marks):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     ti = FakeTaskInstance()
 
     assert dag.get_task("plan_dump").python_callable(recent_window(dag, hour, dump=False), ti=ti) == "verify_dumps"
     assert ti.pushed == {}
+
+
+def test_plan_dump_dumps_a_late_hour_again_and_plans_the_backfill_of_the_hours_it_reaches(dag, s3, marks, caplog):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    late, replayed = hour - 5 * HOUR, hour - HOUR
+    for h in [late, *raw_dumps.horizon_hours(hour, 10800)]:
+        publish_read_at(s3, h, h + 2 * HOUR)
+    publish_read_at(s3, hour - 4 * HOUR, replayed + timedelta(minutes=1))
+    marks[late] = replayed  # its dump was read at late + 2 h, before the replay at late + 4 h
+    marks[hour - 4 * HOUR] = replayed  # its dump was read after the replay: complete
+    ti = FakeTaskInstance()
+
+    chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
+
+    assert chosen == "dump_raw_clicks"
+    assert ti.pushed == {
+        "dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": late.isoformat()},
+        "backfill": {"first": late.isoformat(), "last": (late + 3 * HOUR).isoformat(), "drift_threshold": 0.0001},
+    }
+    assert f"clicks were replayed into {late:%Y-%m-%dT%H:%MZ} after their dumps were read" in caplog.text
+
+
+def test_a_backfill_run_leaves_late_hours_to_the_next_scheduled_run(dag, s3, marks):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    for h in raw_dumps.horizon_hours(hour, 10800):
+        publish(s3, h)
+    publish(s3, hour - 5 * HOUR)
+    marks[hour - 5 * HOUR] = hour
+    ti = FakeTaskInstance()
+
+    dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=BACKFILL)
+
+    assert ti.pushed == {"dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": ""}}
+
+
+class FakeAirflow:
+    def __init__(self):
+        self.backfills = []
+
+    def backfill(self, dag_id, first, last, conf):
+        self.backfills.append((dag_id, first, last, conf))
+        return {"id": 3}
+
+
+@pytest.fixture
+def airflow_api(monkeypatch) -> FakeAirflow:
+    from infra import airflow_api
+
+    fake = FakeAirflow()
+    monkeypatch.setattr(airflow_api.AirflowAPI, "from_env", classmethod(lambda cls, env=None: fake))
+    return fake
+
+
+def test_backfill_late_hours_starts_airflows_backfill_of_the_planned_hours(dag, airflow_api):
+    ti = FakeTaskInstance()
+    ti.pushed["backfill"] = {"first": "2026-01-01T05:00:00+00:00", "last": "2026-01-01T08:00:00+00:00", "drift_threshold": 0.5}
+    ti.xcom_pull = lambda task_ids, key="return_value": ti.pushed.get(key) if task_ids == "plan_dump" else None
+
+    result = dag.get_task("backfill_late_hours").python_callable(ti=ti)
+
+    assert airflow_api.backfills == [(DAG_ID, H10 - 5 * HOUR, H10 - 2 * HOUR, {"drift_threshold": 0.5})]
+    assert result == {"id": 3, "first": "2026-01-01T05:00:00+00:00", "last": "2026-01-01T08:00:00+00:00", "drift_threshold": 0.5}
+
+
+def test_backfill_late_hours_does_nothing_without_late_hours(dag, airflow_api):
+    assert dag.get_task("backfill_late_hours").python_callable(ti=FakeTaskInstance()) is None
+    assert airflow_api.backfills == []
 
 
 def test_verify_dumps_returns_the_row_counts_of_the_hour_and_its_horizon(dag, s3):
@@ -361,7 +505,7 @@ def test_spark_args_are_the_planned_hour_and_the_dump_range(dag):
 
     window = plan_hour(dag, conf={})
     ti = FakeTaskInstance({"plan_hour": window})
-    ti.pushed["dump"] = {"start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00"}
+    ti.pushed["dump"] = {"start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "also": "2026-01-01T05:00:00+00:00"}
     ti.xcom_pull = lambda task_ids, key="return_value": ti.pushed[key] if task_ids == "plan_dump" else ti.returned[task_ids]
     context = {"ti": ti, "macros": macros}
 
@@ -369,7 +513,8 @@ def test_spark_args_are_the_planned_hour_and_the_dump_range(dag):
         task = dag.get_task(task_id)
         return task.render_template(task.application_args, context, jinja_env=dag.get_template_env())
 
-    assert render("dump_raw_clicks") == ["--start", "2026-01-01T08:00:00+00:00", "--end", "2026-01-01T11:00:00+00:00"]
+    assert render("dump_raw_clicks") == ["--start", "2026-01-01T08:00:00+00:00", "--end", "2026-01-01T11:00:00+00:00",
+                                         "--also-hours=2026-01-01T05:00:00+00:00"]
     assert render("recompute_from_dumps") == [
         "--start", window["start"], "--end", window["end"], "--output", window["output"],
         "--horizon-s", "10800", "--late-after-s", "680",

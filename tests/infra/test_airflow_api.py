@@ -33,6 +33,7 @@ class ScriptedHTTP:
         self.requests: list[tuple[str, str]] = []
         self.logins = 0
         self.params: list[dict | None] = []
+        self.bodies: list[dict | None] = []
         self.timeouts: list[float | None] = []
 
     def request(self, method, url, **kwargs):
@@ -44,6 +45,7 @@ class ScriptedHTTP:
             return self.replies.pop(0) if scripted else Reply(200, '{"access_token": "t"}')
         self.requests.append((method, path.removeprefix("/api/v2")))
         self.params.append(kwargs.get("params"))
+        self.bodies.append(kwargs.get("json"))
         return self.replies.pop(0)
 
 
@@ -105,6 +107,39 @@ def test_the_login_comes_from_the_project_environment():
     env = {"AIRFLOW_PORT": "28080", "AIRFLOW_USER": "ops", "AIRFLOW_PASSWORD": "s3cret"}
     assert login_from_env(env) == ("http://127.0.0.1:28080", "ops", "s3cret")
     assert login_from_env({}) == ("http://127.0.0.1:18080", "admin", "admin")
+    assert login_from_env({**env, "AIRFLOW_API_URL": "https://airflow.internal"})[0] == "https://airflow.internal"
+
+
+HOURS = (datetime(2026, 11, 28, 2, tzinfo=timezone.utc), datetime(2026, 11, 28, 5, tzinfo=timezone.utc))
+
+
+def test_a_backfill_reruns_the_completed_runs_of_the_range_one_at_a_time():
+    api, http = client(Reply(200, '{"id": 7, "from_date": "2026-11-28T02:00:00Z", "to_date": "2026-11-28T05:00:00Z"}'))
+
+    assert api.backfill("reconcile", *HOURS, conf={"drift_threshold": 0.01})["id"] == 7
+    assert http.requests == [("POST", "/backfills")]
+    assert http.bodies == [{"dag_id": "reconcile", "from_date": "2026-11-28T02:00:00+00:00",
+                            "to_date": "2026-11-28T05:00:00+00:00", "dag_run_conf": {"drift_threshold": 0.01},
+                            "reprocess_behavior": "completed", "max_active_runs": 1}]
+
+
+def test_a_backfill_whose_first_attempt_committed_returns_the_backfill_it_created():
+    listed = ('{"backfills": [{"id": 8, "from_date": "2026-11-28T02:00:00Z", "to_date": "2026-11-28T05:00:00Z",'
+              ' "completed_at": null}]}')
+    api, http = client(Reply(503, "Database is locked"), Reply(409, "already running"), Reply(200, listed))
+
+    assert api.backfill("reconcile", *HOURS)["id"] == 8
+    assert [path for _, path in http.requests] == ["/backfills", "/backfills", "/backfills"]
+    assert http.params[2] == {"dag_id": "reconcile", "order_by": "-id", "limit": 20}
+
+
+def test_a_backfill_refused_for_another_running_backfill_is_an_error():
+    listed = ('{"backfills": [{"id": 8, "from_date": "2026-11-27T02:00:00Z", "to_date": "2026-11-28T05:00:00Z",'
+              ' "completed_at": null}]}')
+    api, _ = client(Reply(409, "already running"), Reply(200, listed))
+
+    with pytest.raises(AirflowError, match="409"):
+        api.backfill("reconcile", *HOURS)
 
 
 class Silence(Reply):

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -64,7 +65,7 @@ def stop_scheduled_runs(api: AirflowAPI) -> None:
     would create them again.) Clearing such a run later reconciles its hour."""
     runs = api._call("GET", f"/dags/{DAG}/dagRuns", params={"state": ["queued", "running"]})["dag_runs"]
     for run in runs:
-        if run["run_type"] != "manual":
+        if run["run_type"] == "scheduled":
             api._call("PATCH", f"/dags/{DAG}/dagRuns/{run['dag_run_id']}",
                       json={"state": "failed", "note": "stopped by tests/integration/test_reconcile.py"})
 
@@ -105,12 +106,14 @@ def hour_is_untouched(cassandra, keyspace: str, shards: int, dumps: raw_dumps.Du
     return all(ok and not list(rows) for ok, rows in results)
 
 
-def fresh_hour(cassandra, cfg, dumps) -> datetime:
-    """A random hour 2 to 20 days ago (Cassandra still holds it) that no one has used."""
+def fresh_hour(cassandra, cfg, dumps, hours: int = 1) -> datetime:
+    """A random hour 2 to 20 days ago (Cassandra still holds it) that no one has used, nor the
+    ``hours - 1`` after it."""
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     for _ in range(20):
         hour = now - timedelta(hours=random.randint(48, 20 * 24))
-        if hour_is_untouched(cassandra, cfg["CASSANDRA_KEYSPACE"], cfg["RAW_CLICK_SHARDS"], dumps, hour):
+        if all(hour_is_untouched(cassandra, cfg["CASSANDRA_KEYSPACE"], cfg["RAW_CLICK_SHARDS"], dumps, hour + n * HOUR)
+               for n in range(hours)):
             return hour
     raise AssertionError("found no untouched hour in the past 20 days")
 
@@ -360,3 +363,86 @@ def test_a_missing_dump_fails_the_run_and_is_recorded(airflow, cassandra, cfg, d
     cells, differed, total, repaired, status, detail = report_of(hour)
     assert (cells, differed, total, repaired, status) == (0, 0, 0, False, "failed")
     assert f"verify_dumps failed: no dump of raw clicks for the hour {raw_dumps.floor_hour(hour - 3 * HOUR).isoformat()}" in detail
+
+
+# Late replayed clicks: a spooled click stored after its hour was dumped and reconciled
+
+
+def wait_for_backfill(api: AirflowAPI, timeout: float = 900) -> dict:
+    """The newest backfill of the DAG, once it has completed."""
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
+    while True:
+        [backfill] = api._call("GET", "/backfills", params={"dag_id": DAG, "order_by": "-id", "limit": 1})["backfills"]
+        if backfill["completed_at"]:
+            return backfill
+        assert datetime.now(timezone.utc) < deadline, f"backfill {backfill['id']} still running after {timeout:.0f}s"
+        time.sleep(5)
+
+
+@pytest.fixture(scope="module")
+def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
+    from click_api.spool import Spool
+    from click_api.windows import Windows
+    from click_api.wiring import Services, replay_once
+
+    hour = fresh_hour(cassandra, cfg, dumps, hours=2)
+    after = hour + HOUR
+    ad = Ad(unique("late-ad"), unique("late-adv"), "https://landing.example.com/late")
+    store.put_ad(ad)
+    clicks = Clicks(store)
+    clicks.click(ad, hour + timedelta(minutes=20), user_id="u1")
+    # An impression first clicked at :50 in a click that waits in a spool, and clicked again in the next
+    # hour, stored at once and labelled valid (as with Redis flushed): only the spooled click is billable.
+    spooled = new_impression_id()
+    clicks.issued[spooled] = hour + timedelta(minutes=49)
+    clicks.click(ad, after + timedelta(minutes=10), impression_id=spooled, user_id="u2")
+    clicks.click(ad, after + timedelta(minutes=30), user_id="u3")
+
+    # The warehouse holds no minute of these hours (no rollup ran): every cell is drift, so the
+    # threshold is lifted; the backfill runs take it from the run that starts them.
+    _, first_state, _ = reconcile(airflow, hour, drift_threshold=1)
+    before = facts([ad.ad_id])
+    spool = Spool(str(tmp_path_factory.mktemp("late-spool")))
+    spool.append(Click(uuid.uuid4().hex, spooled, ad.ad_id, ad.advertiser_id, hour + timedelta(minutes=50),
+                       clicks.issued[spooled], "u2", "fp-late", None, "valid", None))
+    replayed = replay_once(Services(store=store, deduper=None, spool=spool, clicks=None), Windows.from_env(os.environ))
+    marked = store.late_hours().get(hour)
+
+    run_id, state, tasks = reconcile(airflow, after, drift_threshold=1)
+    backfill = wait_for_backfill(airflow)
+    backfill_runs = airflow._call("GET", f"/dags/{DAG}/dagRuns", params={
+        "run_type": ["backfill"], "logical_date_gte": hour.isoformat(), "logical_date_lte": after.isoformat()})["dag_runs"]
+    yield {"hour": hour, "ad": ad, "first_state": first_state, "before": before, "replayed": replayed, "marked": marked,
+           "state": state, "tasks": tasks, "backfill": backfill, "backfill_runs": backfill_runs, "facts": facts([ad.ad_id]),
+           "report": report_of(hour)}
+    for h in [*raw_dumps.horizon_hours(hour, 10800), hour, after]:
+        dumps.delete_hour(h)
+
+
+def test_a_late_replayed_click_marks_its_hour_after_the_hour_was_reconciled(late_scenario):
+    hour = late_scenario["hour"]
+
+    assert late_scenario["first_state"] == "success"
+    assert late_scenario["before"] == [[naive(hour + timedelta(minutes=20)), late_scenario["ad"].ad_id, 1, 0, 0, 1]]
+    assert late_scenario["replayed"] == 1
+    assert late_scenario["marked"] is not None
+
+
+def test_the_next_run_dumps_the_late_hour_again_and_backfills_it(late_scenario):
+    hour = late_scenario["hour"]
+
+    assert late_scenario["state"] == "success", late_scenario["tasks"]
+    assert late_scenario["tasks"]["backfill_late_hours"] == "success"
+    backfill = late_scenario["backfill"]
+    assert datetime.fromisoformat(backfill["from_date"]) == hour == datetime.fromisoformat(backfill["to_date"])
+    assert [(datetime.fromisoformat(run["logical_date"]), run["state"]) for run in late_scenario["backfill_runs"]] == [
+        (hour, "success")]
+
+
+def test_after_the_backfill_the_late_click_is_billed_once_and_its_repeat_not_at_all(late_scenario):
+    hour, ad_id = late_scenario["hour"], late_scenario["ad"].ad_id
+    at = {m: naive(hour + timedelta(minutes=m)) for m in (20, 50, 70, 90)}
+
+    assert late_scenario["facts"] == [
+        [at[20], ad_id, 1, 0, 0, 1], [at[50], ad_id, 1, 0, 0, 1], [at[70], ad_id, 0, 1, 0, 0], [at[90], ad_id, 1, 0, 0, 1]]
+    assert '"late_clicks": 1' in late_scenario["report"][5]
