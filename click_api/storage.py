@@ -121,10 +121,14 @@ class CassandraStore:
         )
         self._list_ads = f"SELECT ad_id, advertiser_id, target_url, status FROM {keyspace}.ads"
         self._mark_late_hour = session.prepare(
-            f"INSERT INTO {keyspace}.late_click_hours (hour, replayed_at) VALUES (?, ?) USING TTL ?"
+            f"UPDATE {keyspace}.late_click_hours USING TTL ? SET replayed_at = ? WHERE hour = ?"
         )
-        self._mark_late_hour.consistency_level = ConsistencyLevel.LOCAL_QUORUM
-        self._late_hours = f"SELECT hour, replayed_at FROM {keyspace}.late_click_hours"
+        self._take_late_hour = session.prepare(
+            f"UPDATE {keyspace}.late_click_hours USING TTL ? SET taken_at = ? WHERE hour = ?"
+        )
+        for statement in (self._mark_late_hour, self._take_late_hour):
+            statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        self._late_hours = f"SELECT hour, replayed_at, taken_at FROM {keyspace}.late_click_hours"
         for statement in (self._insert_click, self._insert_by_impression):
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
         self._select_ad.consistency_level = ConsistencyLevel.LOCAL_ONE
@@ -172,15 +176,22 @@ class CassandraStore:
     def mark_late_hour(self, hour: datetime, replayed_at: datetime) -> None:
         """Record that clicks of ``hour`` were stored at ``replayed_at``, after every minute rollup had
         passed them. Called after those clicks are stored, so a dump read after ``replayed_at`` has them."""
-        self.session.execute(self._mark_late_hour, (hour, replayed_at, self.raw_click_ttl), timeout=2.0)
+        self.session.execute(self._mark_late_hour, (self.raw_click_ttl, replayed_at, hour), timeout=2.0)
 
-    def late_hours(self) -> dict[datetime, datetime]:
-        """Every marked hour and the time of its latest late replay, as aware UTC datetimes."""
+    def pending_late_hours(self) -> dict[datetime, datetime]:
+        """The marked hours whose latest late replay no reconciliation has taken up yet, with its
+        time, as aware UTC datetimes."""
         def aware(moment: datetime) -> datetime:
             return moment.replace(tzinfo=timezone.utc)
 
         rows = self.session.execute(self._late_hours, timeout=10.0)
-        return {aware(row.hour): aware(row.replayed_at) for row in rows}
+        return {aware(row.hour): aware(row.replayed_at) for row in rows
+                if row.replayed_at is not None and (row.taken_at is None or row.replayed_at > row.taken_at)}
+
+    def take_late_hours(self, replays: dict[datetime, datetime]) -> None:
+        """Record each hour's replay time as taken up; a replay into the hour after that time keeps it pending."""
+        for hour, replayed_at in replays.items():
+            self.session.execute(self._take_late_hour, (self.raw_click_ttl, replayed_at, hour), timeout=2.0)
 
     def ping(self) -> None:
         self.session.execute("SELECT release_version FROM system.local", timeout=2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026
 DEFAULT_DRIFT_THRESHOLD = "0.0001"
 HOUR = timedelta(hours=1)
 DAG_ID = "reconcile_clicks_hourly"
+MISSING = "missing"  # conf "dump": only the hours that have no dump
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_hour')['{}'] }}}}"
 DUMP = "{{{{ ti.xcom_pull(task_ids='plan_dump', key='dump')['{}'] }}}}"
@@ -37,7 +39,8 @@ def _flag(value) -> bool:
 
 def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
     """The hour a run reconciles and how: ``conf`` ``hour`` (or ``start``/``end``) of a manual run,
-    else the data interval; ``conf`` ``dump`` false recomputes from the existing dumps only, and
+    else the data interval; ``conf`` ``dump`` false recomputes from the existing dumps only,
+    ``"missing"`` dumps only the hours without a dump (the run's own included), and
     ``drift_threshold`` overrides RECONCILE_DRIFT_THRESHOLD for that run."""
     windows = Windows.from_env(environ)
     if conf.get("hour"):
@@ -61,7 +64,7 @@ def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
     return {
         "start": start.isoformat(),
         "end": (start + HOUR).isoformat(),
-        "dump": _flag(conf.get("dump", True)),
+        "dump": MISSING if conf.get("dump") == MISSING else _flag(conf.get("dump", True)),
         "drift_threshold": threshold,
         "horizon_s": windows.duplicate_horizon,
         "late_after_s": windows.late_after,
@@ -75,8 +78,8 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
                late: list[datetime] = ()) -> dict | None:
     """The hours to dump: one range ending with the run's hour (the hour itself and any earlier hour
     of the duplicate horizon without a dump), and ``also`` the ``late`` hours before that range (see
-    late_hours_to_dump), comma-separated; only hours Cassandra still holds in full. None when nothing
-    is to be dumped, or the run's conf said not to dump."""
+    the late_click_hours the run takes up), comma-separated; only hours Cassandra still holds in
+    full. None when nothing is to be dumped, or the run's conf said not to dump."""
     if not window["dump"]:
         return None
     hour = parse_utc(window["start"])
@@ -84,58 +87,62 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
 
     # An hour Cassandra no longer holds whole would replace a complete dump with a partial one.
     oldest_whole = oldest_held(now, window["raw_click_ttl_s"])
-    wanted = [h for h in [*earlier, hour] if h not in dumped or h == hour]
+    wanted = [h for h in [*earlier, hour] if h not in dumped or h == hour and window["dump"] != MISSING]
     wanted = [h for h in wanted if h >= oldest_whole]
-    if not wanted:  # the run's hour is gone from Cassandra, and so is every earlier one
+    if not wanted:  # every hour has a dump, or is gone from Cassandra
         return None
-    start = min(wanted)
-    return {"start": start.isoformat(), "end": (hour + HOUR).isoformat(),
+    start, end = min(wanted), max(wanted) + HOUR
+    return {"start": start.isoformat(), "end": end.isoformat(),
             "also": ",".join(h.isoformat() for h in sorted(late) if oldest_whole <= h < start)}
 
 
-def late_hours_to_dump(marks: dict[datetime, datetime], read_at: dict[datetime, datetime | None],
-                       hour: datetime, clock_skew_s: int) -> list[datetime]:
-    """The hours before ``hour`` whose dump misses clicks replayed late into them.
-
-    ``marks``: late_click_hours (hour -> the latest late replay into it, by the click service);
-    ``read_at``: when each marked hour's dump began reading Cassandra (None in an older manifest),
-    for the marked hours that have a dump. A dump read before the replay (plus the clock skew
-    between the two machines) may miss its clicks. A marked hour without a dump is left to the run
-    that dumps it, and a later hour to a later run.
-    """
-    skew = timedelta(seconds=clock_skew_s)
-    return sorted(
-        late for late, replayed_at in marks.items()
-        if late < hour and late in read_at and (read_at[late] is None or read_at[late] < replayed_at + skew)
-    )
-
-
-def hours_to_backfill(late: list[datetime], hour: datetime, horizon_s: int) -> dict | None:
-    """The hours before ``hour`` to reconcile again once the ``late`` hours are dumped again: each
-    late hour, and every hour whose duplicate horizon reaches one (its impressions may have been
-    clicked first in the late clicks). As the first and last hour of one range; None if none."""
-    from spark_jobs.raw_dumps import horizon_hours, hours_between
+def hours_to_backfill(late: list[datetime], horizon_s: int) -> dict | None:
+    """The hours to reconcile again once the ``late`` hours are dumped again: from the first late
+    hour to the last hour whose duplicate horizon reaches a late one (its impressions may have been
+    clicked first in the late clicks), as one range. None without late hours."""
+    from spark_jobs.raw_dumps import horizon_hours
 
     if not late:
         return None
-    reached = [h for h in hours_between(min(late), hour) if any(x == h or x in horizon_hours(h, horizon_s) for x in late)]
-    if not reached:
-        return None
-    return {"first": min(reached).isoformat(), "last": max(reached).isoformat()}
+    last = max(late)
+    while max(late) in horizon_hours(last + HOUR, horizon_s):
+        last += HOUR
+    return {"first": min(late).isoformat(), "last": last.isoformat()}
 
 
-def _late_marks() -> dict[datetime, datetime]:
-    """The late_click_hours the click service's spool replayer wrote to Cassandra."""
+def _hours_text(hours) -> str:
+    return ", ".join(f"{h:%Y-%m-%dT%H:%MZ}" for h in sorted(hours))
+
+
+@contextlib.contextmanager
+def _click_store():
+    """The click service's Cassandra store, for late_click_hours (written by its spool replayer)."""
     from click_api.storage import CassandraStore, connect
 
     cluster = connect(os.environ.get("CASSANDRA_HOST", "127.0.0.1").split(","), int(os.environ.get("CASSANDRA_PORT", "9042")),
                       os.environ.get("CASSANDRA_LOCAL_DC", "datacenter1"))
     try:
-        store = CassandraStore(cluster.connect(), os.environ.get("CASSANDRA_KEYSPACE", "clickagg"), WINDOWS.raw_click_ttl,
-                               int(os.environ.get("RAW_CLICK_SHARDS", "16")))
-        return store.late_hours()
+        yield CassandraStore(cluster.connect(), os.environ.get("CASSANDRA_KEYSPACE", "clickagg"), WINDOWS.raw_click_ttl,
+                             int(os.environ.get("RAW_CLICK_SHARDS", "16")))
     finally:
         cluster.shutdown()
+
+
+def _late_marks() -> dict[datetime, datetime]:
+    """The hours with late replayed clicks no run has taken up yet, and the time of the latest replay."""
+    with _click_store() as store:
+        return store.pending_late_hours()
+
+
+def _backfill_running() -> bool:
+    from infra.airflow_api import AirflowAPI
+
+    return AirflowAPI.from_env().backfill_running(DAG_ID)
+
+
+def _take_late_marks(replays: dict[datetime, datetime]) -> None:
+    with _click_store() as store:
+        store.take_late_hours(replays)
 
 
 def _store():
@@ -195,8 +202,10 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
 7. **check the quality** of the repaired hour, as the minute rollup checks its window (keys unique and not
    null, counts possible): a violation fails the run;
 8. **backfill the late hours**: when step 2 dumped hours again for late clicks, start Airflow's backfill of
-   this DAG over those hours and the hours whose duplicate horizon reaches them (one run at a time), so that
-   each is recomputed from the new dumps and repaired. Backfill runs leave late clicks to the next scheduled run.
+   this DAG over those hours and the hours whose duplicate horizon reaches them (one run at a time, each
+   recomputing its hour from the dumps as they are, `"dump": "missing"`, with this run's drift threshold), then mark the late
+   replays taken up. A failed run, or another backfill of this DAG running, leaves them to the next run;
+   backfill runs never take them up.
 
 A missing dump, or a dump that does not match its manifest, fails the run (no retry) with a message saying
 which, and is recorded as `failed` in `meta_reconciliations`. A dump that retention deleted
@@ -204,7 +213,8 @@ which, and is recorded as `failed` in `meta_reconciliations`. A dump that retent
 `delete_expired_dumps` deletes the dumps (manifest first, then data) that are older than `DUMP_RETENTION_S`.
 
 Manual runs: `{{"hour": "2026-11-27T10:00:00Z"}}` (or `start`/`end` one hour apart); `"dump": false` to
-recompute from the existing dumps only; `"drift_threshold": 0.5` to override the threshold for the run.
+recompute from the existing dumps only, `"dump": "missing"` to dump only the hours without a dump;
+`"drift_threshold": 0.5` to override the threshold for the run.
 Clearing and re-running a run replaces the same dump and finds nothing left to repair.
 """,
     tags=["clickagg", "reconciliation"],
@@ -225,33 +235,42 @@ def reconcile_clicks_hourly():
 
     @task.branch(**failure)
     def plan_dump(window: dict, ti=None, dag_run=None) -> str:
-        """Choose the hours to dump (the run's hour, earlier ones without a dump, and hours whose dump
-        misses late replayed clicks), or none; and the hours to backfill after this run's repair."""
+        """Choose the hours to dump (the run's hour, earlier ones without a dump, and earlier hours with
+        late replayed clicks no run has taken up), or none; and the hours to backfill after the repair."""
         from spark_jobs import raw_dumps
 
         store = _store()
         hour = parse_utc(window["start"])
         earlier = raw_dumps.horizon_hours(hour, window["horizon_s"])
-        dumped = {h for h in earlier if store.read_manifest(h) is not None}
-        late = []
-        # Late replays are taken up by scheduled and manual runs; a backfill's runs (one of which may be
-        # taking them up already) leave them to the next scheduled run.
+        dumped = {h for h in [*earlier, hour] if store.read_manifest(h) is not None}
+        late: dict[datetime, datetime] = {}
+        # A backfill's runs leave late replays to the next run outside it: Airflow runs one backfill
+        # of a DAG at a time, and theirs may be the very backfill of these hours.
         if window["dump"] and getattr(dag_run, "run_type", None) != "backfill":
-            marks = _late_marks()
-            manifests = {h: store.read_manifest(h) for h in marks if h < hour}
-            read_at = {h: m.read_started_at for h, m in manifests.items() if m is not None}
-            late = late_hours_to_dump(marks, read_at, hour, window["clock_skew_s"])
-        hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc), late)
-        dumping = {parse_utc(h) for h in hours["also"].split(",") if h} if hours else set()
-        late = [h for h in late if h in dumping or hours and h >= parse_utc(hours["start"])]
-        if late:
-            log.warning("clicks were replayed into %s after their dumps were read: dumping them again, and "
-                        "backfilling the hours they reach after this run", ", ".join(f"{h:%Y-%m-%dT%H:%MZ}" for h in late))
-            backfill = hours_to_backfill(late, hour, window["horizon_s"])
-            ti.xcom_push(key="backfill", value=backfill and {**backfill, "drift_threshold": window["drift_threshold"]})
+            late = {h: at for h, at in _late_marks().items() if h < hour}
+        if late and _backfill_running():
+            # Dumping an hour again now could swap its files under one of that backfill's runs.
+            log.warning("clicks were replayed late into %s, but a backfill of %s is running: those hours stay "
+                        "pending, and the next run takes them up", _hours_text(late), DAG_ID)
+            late = {}
+        hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc), sorted(late))
+        dumping = set()
+        if hours:
+            dumping = set(raw_dumps.hours_between(parse_utc(hours["start"]), parse_utc(hours["end"])))
+            dumping |= {parse_utc(h) for h in hours["also"].split(",") if h}
+        if gone := sorted(set(late) - dumping):
+            log.error("clicks were replayed late into %s, which Cassandra no longer holds whole: those hours cannot be "
+                      "dumped again, and their late clicks are not counted", _hours_text(gone))
+        if taken := {h: at for h, at in late.items() if h in dumping}:
+            log.warning("clicks were replayed into %s after every minute rollup had passed them: dumping those hours "
+                        "again, then backfilling them and the hours their duplicate horizon reaches", _hours_text(taken))
+            ti.xcom_push(key="backfill", value={
+                **hours_to_backfill(sorted(taken), window["horizon_s"]), "drift_threshold": window["drift_threshold"],
+                "replays": {h.isoformat(): at.isoformat() for h, at in sorted(taken.items())},
+            })
         if hours is None:
-            log.warning("not dumping: recomputing %s from the existing dumps (conf dump=false, or Cassandra "
-                        "no longer holds the hours in full)", window["start"])
+            log.warning("not dumping: recomputing %s from the existing dumps (conf dump=false, every hour has a dump "
+                        "with dump=missing, or Cassandra no longer holds the hours in full)", window["start"])
             return "verify_dumps"
         ti.xcom_push(key="dump", value=hours)
         log.info("dumping [%s, %s)%s", hours["start"], hours["end"], f" and {hours['also']}" if hours["also"] else "")
@@ -330,21 +349,29 @@ def reconcile_clicks_hourly():
         """Fail the run when the repaired hour has a duplicated or null key, or an impossible count."""
         warehouse_client.require_quality(window["start"], window["end"])
 
-    @task(retries=12, retry_delay=timedelta(minutes=10))
+    @task
     def backfill_late_hours(ti=None) -> dict | None:
-        """Reconcile again, through Airflow's own backfill (one run at a time, completed runs re-run),
-        the hours before this one that late replayed clicks reach: plan_dump has dumped them again.
-        The backfill's runs use this run's drift threshold. Retried for two hours while another
-        backfill of this DAG is running."""
-        hours = ti.xcom_pull(task_ids="plan_dump", key="backfill")
-        if not hours:
+        """Reconcile again, through Airflow's own backfill, the late hours plan_dump has dumped again and
+        the hours their duplicate horizon reaches: one run at a time, completed runs re-run, each from the
+        dumps as they are now (dumping only an hour that has none) and with this run's drift threshold.
+        Then mark the late replays taken up. While another backfill of this DAG runs, they stay pending
+        for the next run."""
+        plan = ti.xcom_pull(task_ids="plan_dump", key="backfill")
+        if not plan:
             return None
-        from infra.airflow_api import AirflowAPI
+        from infra.airflow_api import AirflowAPI, BackfillRunning
 
-        first, last = parse_utc(hours["first"]), parse_utc(hours["last"])
-        backfill = AirflowAPI.from_env().backfill(DAG_ID, first, last, {"drift_threshold": hours["drift_threshold"]})
-        log.info("backfill %s of %s: the runs of %s to %s", backfill.get("id"), DAG_ID, hours["first"], hours["last"])
-        return {"id": backfill.get("id"), **hours}
+        first, last = parse_utc(plan["first"]), parse_utc(plan["last"])
+        replays = {parse_utc(h): parse_utc(at) for h, at in plan["replays"].items()}
+        conf = {"dump": MISSING, "drift_threshold": plan["drift_threshold"]}
+        try:
+            backfill = AirflowAPI.from_env().backfill(DAG_ID, first, last, conf)
+        except BackfillRunning as running:
+            log.warning("%s: the late hours %s stay pending, and the next run takes them up", running, _hours_text(replays))
+            return {"deferred": True, **plan}
+        _take_late_marks(replays)
+        log.info("backfill %s of %s: the runs of %s to %s", backfill.get("id"), DAG_ID, plan["first"], plan["last"])
+        return {"id": backfill.get("id"), **plan}
 
     @task
     def delete_expired_dumps() -> dict:

@@ -25,6 +25,10 @@ class AirflowError(RuntimeError):
         self.status = status
 
 
+class BackfillRunning(AirflowError):
+    """Airflow runs one backfill of a DAG at a time, and another one is running."""
+
+
 def login_from_env(env: Mapping[str, str] = os.environ) -> tuple[str, str, str]:
     """The project's Airflow (base URL, user, password), from the variables ``infra/env.sh`` sets;
     ``AIRFLOW_API_URL`` names an API server elsewhere than this machine's ``AIRFLOW_PORT``."""
@@ -124,23 +128,21 @@ class AirflowAPI:
     def backfill(self, dag_id: str, first: datetime, last: datetime, conf: dict | None = None) -> dict:
         """Start Airflow's backfill of the runs whose logical dates fall in [first, last], completed
         runs included, one at a time and oldest first, each with ``conf``; return the backfill.
-
-        Airflow refuses (409) while another backfill of the DAG runs. A retried POST whose first attempt
-        did commit meets its own backfill that way: one still running over the same range is returned.
-        """
+        Raise BackfillRunning while another backfill of the DAG runs (which, after a retried POST,
+        may be the one the first attempt created)."""
         body = {"dag_id": dag_id, "from_date": first.isoformat(), "to_date": last.isoformat(), "dag_run_conf": conf,
                 "reprocess_behavior": "completed", "max_active_runs": 1}
         try:
             return self._call("POST", "/backfills", json=body)
         except AirflowError as error:
-            if error.status != 409:
-                raise
-            running = self._call("GET", "/backfills", params={"dag_id": dag_id, "order_by": "-id", "limit": 20})["backfills"]
-            for backfill in running:
-                if (not backfill.get("completed_at") and datetime.fromisoformat(backfill["from_date"]) == first
-                        and datetime.fromisoformat(backfill["to_date"]) == last):
-                    return backfill
+            if error.status == 409:
+                raise BackfillRunning("POST", "/backfills", 409, f"another backfill of {dag_id} is running") from error
             raise
+
+    def backfill_running(self, dag_id: str) -> bool:
+        """True while a backfill of the DAG has not completed (paused ones included, as Airflow counts them)."""
+        body = self._call("GET", "/backfills", params={"dag_id": dag_id, "order_by": "-id", "limit": 20})
+        return any(not backfill["completed_at"] for backfill in body["backfills"])
 
     def clear(self, dag_id: str, run_id: str) -> None:
         """Clear every task of a finished run, so Airflow runs it again from the start."""

@@ -17,6 +17,7 @@ class FakeStore:
         self.down = False
         self.ad_reads = 0
         self.late: dict[datetime, datetime] = {}
+        self.taken: dict[datetime, datetime] = {}
 
     def _check(self) -> None:
         if self.down:
@@ -39,9 +40,13 @@ class FakeStore:
         self._check()
         self.late[hour] = replayed_at
 
-    def late_hours(self) -> dict[datetime, datetime]:
+    def pending_late_hours(self) -> dict[datetime, datetime]:
         self._check()
-        return dict(self.late)
+        return {hour: at for hour, at in self.late.items() if hour not in self.taken or at > self.taken[hour]}
+
+    def take_late_hours(self, replays: dict[datetime, datetime]) -> None:
+        self._check()
+        self.taken.update(replays)
 
     def has_billable_click(self, impression_id: str) -> bool:
         self._check()

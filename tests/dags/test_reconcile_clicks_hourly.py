@@ -3,7 +3,6 @@ dump, verify the dumps, call the warehouse and fail loudly (S3 and the warehouse
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -194,6 +193,21 @@ def test_hours_cassandra_no_longer_holds_are_never_dumped(dag):
     assert module(dag).dump_range(window(ttl_s=ttl_s), EARLIER, set(), NOW + HOUR) is None
 
 
+def test_dumping_the_missing_hours_only_leaves_the_dumped_ones_and_the_runs_own_alone(dag):
+    missing = {**window(), "dump": "missing"}
+    dump_range = module(dag).dump_range
+
+    assert dump_range(missing, EARLIER, {*EARLIER, H10}, NOW) is None
+    assert dump_range(missing, EARLIER, {EARLIER[0], EARLIER[2], H10}, NOW) == {
+        "start": "2026-01-01T08:00:00+00:00", "end": "2026-01-01T09:00:00+00:00", "also": ""}
+    assert dump_range(missing, EARLIER, set(EARLIER), NOW) == {
+        "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "also": ""}
+
+
+def test_a_backfill_of_late_hours_asks_for_the_missing_dumps_only(dag):
+    assert plan_hour(dag, conf={"dump": "missing"})["dump"] == "missing"
+
+
 def test_late_hours_before_the_range_are_dumped_again_alone(dag):
     late = [H10 - 9 * HOUR, H10 - 5 * HOUR, H10 - 2 * HOUR]
 
@@ -211,45 +225,21 @@ def test_late_hours_cassandra_no_longer_holds_are_not_dumped_again(dag):
 # Hours that late replayed clicks reach
 
 
-REPLAYED = H10 - 30 * timedelta(minutes=1)  # 09:30
-
-
-@pytest.mark.parametrize(
-    ("read_at", "late"),
-    [
-        ({H10 - 3 * HOUR: H10 - 2 * HOUR}, [H10 - 3 * HOUR]),  # read at 08:00, replayed at 09:30
-        ({H10 - 3 * HOUR: REPLAYED + timedelta(seconds=5)}, [H10 - 3 * HOUR]),  # within the clock skew
-        ({H10 - 3 * HOUR: REPLAYED + timedelta(seconds=11)}, []),  # read after the replay
-        ({H10 - 3 * HOUR: None}, [H10 - 3 * HOUR]),  # a manifest from before the read time was recorded
-        ({}, []),  # no dump yet: the run that dumps it reads the clicks
-    ],
-    ids=["read-before", "within-skew", "read-after", "unknown-read-time", "no-dump"],
-)
-def test_a_marked_hour_is_late_when_its_dump_was_read_before_the_replay(dag, read_at, late):
-    assert module(dag).late_hours_to_dump({H10 - 3 * HOUR: REPLAYED}, read_at, H10, 10) == late
-
-
-def test_the_runs_own_hour_and_later_marked_hours_are_left_to_their_own_runs(dag):
-    marks = {H10: REPLAYED, H10 + HOUR: REPLAYED}
-
-    assert module(dag).late_hours_to_dump(marks, {H10: None, H10 + HOUR: None}, H10, 10) == []
-
-
 @pytest.mark.parametrize(
     ("late", "horizon_s", "hours"),
     [
         ([H10 - 5 * HOUR], 3 * 3600, ("05:00", "08:00")),  # the late hour and the three its horizon reaches
-        ([H10 - 2 * HOUR], 3 * 3600, ("08:00", "09:00")),  # up to the hour before the run's: it recomputes its own
         ([H10 - 9 * HOUR, H10 - 5 * HOUR], 3600, ("01:00", "06:00")),  # two late hours: one range over both
         ([H10 - 5 * HOUR], 5400, ("05:00", "07:00")),  # a horizon of 1.5 hours reaches two hours on
+        ([H10 - 5 * HOUR], 1, ("05:00", "06:00")),  # a one-second horizon reaches the next hour's first second
         ([], 3 * 3600, None),
     ],
-    ids=["one", "up-to-the-run", "two", "part-hour-horizon", "none"],
+    ids=["one", "two", "part-hour-horizon", "one-second-horizon", "none"],
 )
 def test_the_backfill_covers_the_late_hours_and_those_whose_horizon_reaches_them(dag, late, horizon_s, hours):
     expected = None if hours is None else {"first": f"2026-01-01T{hours[0]}:00+00:00", "last": f"2026-01-01T{hours[1]}:00+00:00"}
 
-    assert module(dag).hours_to_backfill(late, H10, horizon_s) == expected
+    assert module(dag).hours_to_backfill(late, horizon_s) == expected
 
 
 # The tasks, on an in-memory S3
@@ -282,7 +272,11 @@ class FakeTaskInstance:
         self.pushed[key] = value
 
     def xcom_pull(self, task_ids, key="return_value"):
-        return self.pushed.get(key) if task_ids is None else self.returned.get(task_ids)
+        """What this task pushed (``task_ids`` None), another task's return value, or what it pushed
+        under ``key`` (this fake holds one task's pushes: the test's own)."""
+        if task_ids is None or key != "return_value":
+            return self.pushed.get(key)
+        return self.returned.get(task_ids)
 
 
 def recent_window(dag, hour: datetime, **conf) -> dict:
@@ -291,15 +285,13 @@ def recent_window(dag, hour: datetime, **conf) -> dict:
 
 @pytest.fixture
 def marks(dag, monkeypatch) -> dict:
-    """late_click_hours, as plan_dump reads them from Cassandra: fill in the test."""
-    rows: dict[datetime, datetime] = {}
-    monkeypatch.setitem(dag.get_task("plan_dump").python_callable.__globals__, "_late_marks", lambda: dict(rows))
+    """late_click_hours, as plan_dump reads them from Cassandra: fill in the test. A backfill of the
+    DAG runs while ``marks["backfill running"]`` is set."""
+    rows: dict = {}
+    names = dag.get_task("plan_dump").python_callable.__globals__
+    monkeypatch.setitem(names, "_late_marks", lambda: {h: at for h, at in rows.items() if isinstance(h, datetime)})
+    monkeypatch.setitem(names, "_backfill_running", lambda: rows.get("backfill running", False))
     return rows
-
-
-def publish_read_at(s3: FakeS3, hour: datetime, read_at: datetime) -> None:
-    store = raw_dumps.DumpStore(s3, "bucket")
-    store.publish(dataclasses.replace(publish(s3, hour), read_started_at=read_at))
 
 
 SCHEDULED, BACKFILL = SimpleNamespace(run_type="scheduled"), SimpleNamespace(run_type="backfill")
@@ -324,31 +316,56 @@ def test_plan_dump_goes_straight_to_verify_when_the_conf_says_not_to_dump(dag, s
     assert ti.pushed == {}
 
 
-def test_plan_dump_dumps_a_late_hour_again_and_plans_the_backfill_of_the_hours_it_reaches(dag, s3, marks, caplog):
+def test_plan_dump_dumps_late_hours_again_and_plans_their_backfill(dag, s3, marks, caplog):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
-    late, replayed = hour - 5 * HOUR, hour - HOUR
-    for h in [late, *raw_dumps.horizon_hours(hour, 10800)]:
-        publish_read_at(s3, h, h + 2 * HOUR)
-    publish_read_at(s3, hour - 4 * HOUR, replayed + timedelta(minutes=1))
-    marks[late] = replayed  # its dump was read at late + 2 h, before the replay at late + 4 h
-    marks[hour - 4 * HOUR] = replayed  # its dump was read after the replay: complete
+    for h in raw_dumps.horizon_hours(hour, 10800):
+        publish(s3, h)
+    old, recent, own = hour - 9 * HOUR, hour - 2 * HOUR, hour
+    marks.update({old: hour - HOUR, recent: hour - HOUR, own: hour + HOUR})  # own: left to the next run
     ti = FakeTaskInstance()
 
     chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
 
     assert chosen == "dump_raw_clicks"
     assert ti.pushed == {
-        "dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": late.isoformat()},
-        "backfill": {"first": late.isoformat(), "last": (late + 3 * HOUR).isoformat(), "drift_threshold": 0.0001},
+        "dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": f"{old.isoformat()},{recent.isoformat()}"},
+        "backfill": {"first": old.isoformat(), "last": (recent + 3 * HOUR).isoformat(), "drift_threshold": 0.0001,
+                     "replays": {old.isoformat(): (hour - HOUR).isoformat(), recent.isoformat(): (hour - HOUR).isoformat()}},
     }
-    assert f"clicks were replayed into {late:%Y-%m-%dT%H:%MZ} after their dumps were read" in caplog.text
+    assert "dumping those hours again, then backfilling them" in caplog.text
 
 
-def test_a_backfill_run_leaves_late_hours_to_the_next_scheduled_run(dag, s3, marks):
+def test_late_hours_cassandra_no_longer_holds_are_reported_and_not_taken_up(dag, s3, marks, caplog, monkeypatch):
+    monkeypatch.setenv("RAW_CLICK_TTL_S", str(4 * 86400))
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     for h in raw_dumps.horizon_hours(hour, 10800):
         publish(s3, h)
-    publish(s3, hour - 5 * HOUR)
+    marks[hour - 5 * 24 * HOUR] = hour
+    ti = FakeTaskInstance()
+
+    dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
+
+    assert "backfill" not in ti.pushed and ti.pushed["dump"]["also"] == ""
+    assert "which Cassandra no longer holds whole" in caplog.text
+
+
+def test_late_hours_wait_while_a_backfill_of_the_dag_runs(dag, s3, marks, caplog):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    for h in raw_dumps.horizon_hours(hour, 10800):
+        publish(s3, h)
+    marks.update({hour - 5 * HOUR: hour, "backfill running": True})
+    ti = FakeTaskInstance()
+
+    dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
+
+    assert ti.pushed == {"dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": ""}}
+    assert "a backfill of reconcile_clicks_hourly is running: those hours stay pending" in caplog.text
+
+
+def test_a_backfill_run_leaves_late_hours_to_the_next_run_outside_it(dag, s3, marks):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    for h in raw_dumps.horizon_hours(hour, 10800):
+        publish(s3, h)
     marks[hour - 5 * HOUR] = hour
     ti = FakeTaskInstance()
 
@@ -360,8 +377,13 @@ def test_a_backfill_run_leaves_late_hours_to_the_next_scheduled_run(dag, s3, mar
 class FakeAirflow:
     def __init__(self):
         self.backfills = []
+        self.running = False
 
     def backfill(self, dag_id, first, last, conf):
+        from infra.airflow_api import BackfillRunning
+
+        if self.running:
+            raise BackfillRunning("POST", "/backfills", 409, "another backfill is running")
         self.backfills.append((dag_id, first, last, conf))
         return {"id": 3}
 
@@ -375,20 +397,43 @@ def airflow_api(monkeypatch) -> FakeAirflow:
     return fake
 
 
-def test_backfill_late_hours_starts_airflows_backfill_of_the_planned_hours(dag, airflow_api):
+@pytest.fixture
+def taken(dag, monkeypatch) -> list:
+    """The late replays backfill_late_hours marks as taken up (in Cassandra, really)."""
+    calls = []
+    monkeypatch.setitem(dag.get_task("backfill_late_hours").python_callable.__globals__, "_take_late_marks", calls.append)
+    return calls
+
+
+PLANNED = {"first": "2026-01-01T05:00:00+00:00", "last": "2026-01-01T08:00:00+00:00", "drift_threshold": 0.5,
+           "replays": {"2026-01-01T05:00:00+00:00": "2026-01-01T09:30:00+00:00"}}
+
+
+def test_backfill_late_hours_backfills_from_the_dumps_then_takes_the_replays_up(dag, airflow_api, taken):
     ti = FakeTaskInstance()
-    ti.pushed["backfill"] = {"first": "2026-01-01T05:00:00+00:00", "last": "2026-01-01T08:00:00+00:00", "drift_threshold": 0.5}
-    ti.xcom_pull = lambda task_ids, key="return_value": ti.pushed.get(key) if task_ids == "plan_dump" else None
+    ti.pushed["backfill"] = PLANNED
 
     result = dag.get_task("backfill_late_hours").python_callable(ti=ti)
 
-    assert airflow_api.backfills == [(DAG_ID, H10 - 5 * HOUR, H10 - 2 * HOUR, {"drift_threshold": 0.5})]
-    assert result == {"id": 3, "first": "2026-01-01T05:00:00+00:00", "last": "2026-01-01T08:00:00+00:00", "drift_threshold": 0.5}
+    assert airflow_api.backfills == [(DAG_ID, H10 - 5 * HOUR, H10 - 2 * HOUR, {"dump": "missing", "drift_threshold": 0.5})]
+    assert taken == [{H10 - 5 * HOUR: H10 - 30 * timedelta(minutes=1)}]
+    assert result == {"id": 3, **PLANNED}
 
 
-def test_backfill_late_hours_does_nothing_without_late_hours(dag, airflow_api):
+def test_backfill_late_hours_leaves_the_replays_pending_while_another_backfill_runs(dag, airflow_api, taken, caplog):
+    airflow_api.running = True
+    ti = FakeTaskInstance()
+    ti.pushed["backfill"] = PLANNED
+
+    result = dag.get_task("backfill_late_hours").python_callable(ti=ti)
+
+    assert taken == [] and result["deferred"] is True
+    assert "the late hours 2026-01-01T05:00Z stay pending, and the next run takes them up" in caplog.text
+
+
+def test_backfill_late_hours_does_nothing_without_late_hours(dag, airflow_api, taken):
     assert dag.get_task("backfill_late_hours").python_callable(ti=FakeTaskInstance()) is None
-    assert airflow_api.backfills == []
+    assert airflow_api.backfills == [] and taken == []
 
 
 def test_verify_dumps_returns_the_row_counts_of_the_hour_and_its_horizon(dag, s3):

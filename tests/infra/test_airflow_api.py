@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from infra.airflow_api import AirflowAPI, AirflowError, login_from_env
+from infra.airflow_api import AirflowAPI, AirflowError, BackfillRunning, login_from_env
 from infra.airflow_sqlite import BUSY_TIMEOUT_SECONDS
 
 
@@ -123,23 +123,21 @@ def test_a_backfill_reruns_the_completed_runs_of_the_range_one_at_a_time():
                             "reprocess_behavior": "completed", "max_active_runs": 1}]
 
 
-def test_a_backfill_whose_first_attempt_committed_returns_the_backfill_it_created():
-    listed = ('{"backfills": [{"id": 8, "from_date": "2026-11-28T02:00:00Z", "to_date": "2026-11-28T05:00:00Z",'
-              ' "completed_at": null}]}')
-    api, http = client(Reply(503, "Database is locked"), Reply(409, "already running"), Reply(200, listed))
+def test_a_backfill_refused_while_another_runs_says_so():
+    api, http = client(Reply(503, "Database is locked"), Reply(409, "There is already a running backfill"))
 
-    assert api.backfill("reconcile", *HOURS)["id"] == 8
-    assert [path for _, path in http.requests] == ["/backfills", "/backfills", "/backfills"]
-    assert http.params[2] == {"dag_id": "reconcile", "order_by": "-id", "limit": 20}
-
-
-def test_a_backfill_refused_for_another_running_backfill_is_an_error():
-    listed = ('{"backfills": [{"id": 8, "from_date": "2026-11-27T02:00:00Z", "to_date": "2026-11-28T05:00:00Z",'
-              ' "completed_at": null}]}')
-    api, _ = client(Reply(409, "already running"), Reply(200, listed))
-
-    with pytest.raises(AirflowError, match="409"):
+    with pytest.raises(BackfillRunning, match="another backfill of reconcile is running"):
         api.backfill("reconcile", *HOURS)
+    assert len(http.requests) == 2
+
+
+def test_a_backfill_runs_until_airflow_records_it_completed():
+    listed = '{{"backfills": [{{"id": 9, "completed_at": {}}}, {{"id": 8, "completed_at": "2026-11-28T01:00:00Z"}}]}}'
+    api, http = client(Reply(200, listed.format("null")), Reply(200, listed.format('"2026-11-28T03:00:00Z"')))
+
+    assert api.backfill_running("reconcile") is True
+    assert api.backfill_running("reconcile") is False
+    assert http.params[0] == {"dag_id": "reconcile", "order_by": "-id", "limit": 20}
 
 
 class Silence(Reply):

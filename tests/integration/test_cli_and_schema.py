@@ -91,15 +91,22 @@ def test_a_stored_click_is_written_with_the_raw_click_ttl(cassandra, cfg):
     assert 3500 < raw.ttl <= 3600 and 3500 < by_impression.ttl <= 3600
 
 
-def test_a_late_hour_keeps_its_latest_replay_and_expires_with_the_raw_clicks(cassandra, cfg):
+def test_a_late_hour_is_pending_until_its_latest_replay_is_taken_up_and_expires_with_the_raw_clicks(cassandra, cfg):
     store = CassandraStore(cassandra, cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
-    hour = datetime(2020, 1, 1, random.randrange(24), tzinfo=timezone.utc) + timedelta(days=random.randrange(3000))
+    hour = datetime(2000, 1, 1, random.randrange(24), tzinfo=timezone.utc) + timedelta(days=random.randrange(3000))
     first, latest = hour + timedelta(hours=2), hour + timedelta(hours=2, minutes=30)
 
     store.mark_late_hour(hour, first)
     store.mark_late_hour(hour, latest)
+    assert store.pending_late_hours()[hour] == latest
 
-    assert store.late_hours()[hour] == latest
-    [row] = cassandra.execute(f"SELECT TTL(replayed_at) AS ttl FROM {cfg['CASSANDRA_KEYSPACE']}.late_click_hours "
-                              "WHERE hour = %s", [hour])
-    assert 3500 < row.ttl <= 3600
+    store.take_late_hours({hour: first})  # a run took up the first replay only
+    assert store.pending_late_hours()[hour] == latest
+    store.take_late_hours({hour: latest})
+    assert hour not in store.pending_late_hours()
+    store.mark_late_hour(hour, latest + timedelta(minutes=5))
+    assert store.pending_late_hours()[hour] == latest + timedelta(minutes=5)
+
+    [row] = cassandra.execute(f"SELECT TTL(replayed_at) AS replayed, TTL(taken_at) AS taken FROM "
+                              f"{cfg['CASSANDRA_KEYSPACE']}.late_click_hours WHERE hour = %s", [hour])
+    assert 3500 < row.replayed <= 3600 and 3500 < row.taken <= 3600

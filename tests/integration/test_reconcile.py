@@ -385,7 +385,7 @@ def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
     from click_api.windows import Windows
     from click_api.wiring import Services, replay_once
 
-    hour = fresh_hour(cassandra, cfg, dumps, hours=2)
+    hour = fresh_hour(cassandra, cfg, dumps, hours=4)  # the hour and the three its horizon reaches
     after = hour + HOUR
     ad = Ad(unique("late-ad"), unique("late-adv"), "https://landing.example.com/late")
     store.put_ad(ad)
@@ -406,16 +406,17 @@ def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
     spool.append(Click(uuid.uuid4().hex, spooled, ad.ad_id, ad.advertiser_id, hour + timedelta(minutes=50),
                        clicks.issued[spooled], "u2", "fp-late", None, "valid", None))
     replayed = replay_once(Services(store=store, deduper=None, spool=spool, clicks=None), Windows.from_env(os.environ))
-    marked = store.late_hours().get(hour)
+    marked = store.pending_late_hours().get(hour)
 
     run_id, state, tasks = reconcile(airflow, after, drift_threshold=1)
     backfill = wait_for_backfill(airflow)
     backfill_runs = airflow._call("GET", f"/dags/{DAG}/dagRuns", params={
-        "run_type": ["backfill"], "logical_date_gte": hour.isoformat(), "logical_date_lte": after.isoformat()})["dag_runs"]
+        "run_type": ["backfill"], "logical_date_gte": hour.isoformat(), "logical_date_lte": (hour + 3 * HOUR).isoformat(),
+        "order_by": "logical_date"})["dag_runs"]
     yield {"hour": hour, "ad": ad, "first_state": first_state, "before": before, "replayed": replayed, "marked": marked,
            "state": state, "tasks": tasks, "backfill": backfill, "backfill_runs": backfill_runs, "facts": facts([ad.ad_id]),
-           "report": report_of(hour)}
-    for h in [*raw_dumps.horizon_hours(hour, 10800), hour, after]:
+           "report": report_of(hour), "pending": store.pending_late_hours()}
+    for h in [*raw_dumps.horizon_hours(hour, 10800), *(hour + n * HOUR for n in range(4))]:
         dumps.delete_hour(h)
 
 
@@ -428,15 +429,17 @@ def test_a_late_replayed_click_marks_its_hour_after_the_hour_was_reconciled(late
     assert late_scenario["marked"] is not None
 
 
-def test_the_next_run_dumps_the_late_hour_again_and_backfills_it(late_scenario):
+def test_the_next_run_dumps_the_late_hour_again_and_backfills_the_hours_it_reaches(late_scenario):
     hour = late_scenario["hour"]
 
     assert late_scenario["state"] == "success", late_scenario["tasks"]
     assert late_scenario["tasks"]["backfill_late_hours"] == "success"
     backfill = late_scenario["backfill"]
-    assert datetime.fromisoformat(backfill["from_date"]) == hour == datetime.fromisoformat(backfill["to_date"])
+    assert (datetime.fromisoformat(backfill["from_date"]), datetime.fromisoformat(backfill["to_date"])) == (hour, hour + 3 * HOUR)
+    assert backfill["dag_run_conf"] == {"dump": "missing", "drift_threshold": 1}
     assert [(datetime.fromisoformat(run["logical_date"]), run["state"]) for run in late_scenario["backfill_runs"]] == [
-        (hour, "success")]
+        (hour + n * HOUR, "success") for n in range(4)]
+    assert hour not in late_scenario["pending"]
 
 
 def test_after_the_backfill_the_late_click_is_billed_once_and_its_repeat_not_at_all(late_scenario):
