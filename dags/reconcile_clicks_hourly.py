@@ -96,18 +96,25 @@ def dump_range(window: dict, earlier: list[datetime], dumped: set[datetime], now
             "also": ",".join(h.isoformat() for h in sorted(late) if oldest_whole <= h < start)}
 
 
-def hours_to_backfill(late: list[datetime], horizon_s: int) -> dict | None:
-    """The hours to reconcile again once the ``late`` hours are dumped again: from the first late
-    hour to the last hour whose duplicate horizon reaches a late one (its impressions may have been
-    clicked first in the late clicks), as one range. None without late hours."""
+def hours_to_recompute(late: list[datetime], horizon_s: int) -> list[datetime]:
+    """The hours to recompute once the ``late`` hours are dumped again: each late hour, and every
+    hour whose duplicate horizon reaches one (its impressions may have been clicked first in the
+    late clicks)."""
     from spark_jobs.raw_dumps import horizon_hours
 
-    if not late:
-        return None
-    last = max(late)
-    while max(late) in horizon_hours(last + HOUR, horizon_s):
-        last += HOUR
-    return {"first": min(late).isoformat(), "last": last.isoformat()}
+    hours = set()
+    for hour in late:
+        reached = hour
+        while hour in horizon_hours(reached, horizon_s) or reached == hour:
+            hours.add(reached)
+            reached += HOUR
+    return sorted(hours)
+
+
+def late_run_id(hour: datetime, origin: str) -> str:
+    """The run that reconciles ``hour`` again for the late replays the run ``origin`` took up: the
+    same ID on a retry, so a retry triggers nothing twice."""
+    return f"late__{hour:%Y%m%dT%H}__{origin}"
 
 
 def _hours_text(hours) -> str:
@@ -132,12 +139,6 @@ def _late_marks() -> dict[datetime, datetime]:
     """The hours with late replayed clicks no run has taken up yet, and the time of the latest replay."""
     with _click_store() as store:
         return store.pending_late_hours()
-
-
-def _backfill_running() -> bool:
-    from infra.airflow_api import AirflowAPI
-
-    return AirflowAPI.from_env().backfill_running(DAG_ID)
 
 
 def _take_late_marks(replays: dict[datetime, datetime]) -> None:
@@ -201,11 +202,10 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
    so that someone looks at why;
 7. **check the quality** of the repaired hour, as the minute rollup checks its window (keys unique and not
    null, counts possible): a violation fails the run;
-8. **backfill the late hours**: when step 2 dumped hours again for late clicks, start Airflow's backfill of
-   this DAG over those hours and the hours whose duplicate horizon reaches them (one run at a time, each
-   recomputing its hour from the dumps as they are, `"dump": "missing"`, with this run's drift threshold), then mark the late
-   replays taken up. A failed run, or another backfill of this DAG running, leaves them to the next run;
-   backfill runs never take them up.
+8. **reconcile the late hours**: when step 2 dumped hours again for late clicks, trigger a run of this DAG for
+   each of those hours and each hour whose duplicate horizon reaches one (`late__<hour>__<this run>`, with
+   `"dump": "missing"` and this run's drift threshold; they queue behind this run), then mark the late replays
+   taken up. A run that fails before that leaves them pending for the next run.
 
 A missing dump, or a dump that does not match its manifest, fails the run (no retry) with a message saying
 which, and is recorded as `failed` in `meta_reconciliations`. A dump that retention deleted
@@ -236,7 +236,7 @@ def reconcile_clicks_hourly():
     @task.branch(**failure)
     def plan_dump(window: dict, ti=None, dag_run=None) -> str:
         """Choose the hours to dump (the run's hour, earlier ones without a dump, and earlier hours with
-        late replayed clicks no run has taken up), or none; and the hours to backfill after the repair."""
+        late replayed clicks no run has taken up), or none; and the hours to reconcile after the repair."""
         from spark_jobs import raw_dumps
 
         store = _store()
@@ -244,15 +244,11 @@ def reconcile_clicks_hourly():
         earlier = raw_dumps.horizon_hours(hour, window["horizon_s"])
         dumped = {h for h in [*earlier, hour] if store.read_manifest(h) is not None}
         late: dict[datetime, datetime] = {}
-        # A backfill's runs leave late replays to the next run outside it: Airflow runs one backfill
-        # of a DAG at a time, and theirs may be the very backfill of these hours.
-        if window["dump"] and getattr(dag_run, "run_type", None) != "backfill":
+        # Runs that dump only missing hours (those this task triggers) leave late replays alone, and
+        # so do backfill runs: Airflow runs them beside the scheduled ones, which may be recomputing
+        # the hours a new dump would replace.
+        if window["dump"] is True and getattr(dag_run, "run_type", None) != "backfill":
             late = {h: at for h, at in _late_marks().items() if h < hour}
-        if late and _backfill_running():
-            # Dumping an hour again now could swap its files under one of that backfill's runs.
-            log.warning("clicks were replayed late into %s, but a backfill of %s is running: those hours stay "
-                        "pending, and the next run takes them up", _hours_text(late), DAG_ID)
-            late = {}
         hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc), sorted(late))
         dumping = set()
         if hours:
@@ -263,9 +259,14 @@ def reconcile_clicks_hourly():
                       "dumped again, and their late clicks are not counted", _hours_text(gone))
         if taken := {h: at for h, at in late.items() if h in dumping}:
             log.warning("clicks were replayed into %s after every minute rollup had passed them: dumping those hours "
-                        "again, then backfilling them and the hours their duplicate horizon reaches", _hours_text(taken))
-            ti.xcom_push(key="backfill", value={
-                **hours_to_backfill(sorted(taken), window["horizon_s"]), "drift_threshold": window["drift_threshold"],
+                        "again, then reconciling them and the hours their duplicate horizon reaches", _hours_text(taken))
+            # The run's own hour is recomputed after the new dumps, and an hour that has not settled yet
+            # is left to its own scheduled run (a triggered one would hold the run slot until it settles).
+            settled = datetime.now(timezone.utc) - HOUR - timedelta(seconds=LOOKBACK_S + LATENESS_S + MARGIN_S)
+            ti.xcom_push(key="late", value={
+                "hours": [h.isoformat() for h in hours_to_recompute(sorted(taken), window["horizon_s"])
+                          if h != hour and h <= settled],
+                "drift_threshold": window["drift_threshold"],
                 "replays": {h.isoformat(): at.isoformat() for h, at in sorted(taken.items())},
             })
         if hours is None:
@@ -350,28 +351,27 @@ def reconcile_clicks_hourly():
         warehouse_client.require_quality(window["start"], window["end"])
 
     @task
-    def backfill_late_hours(ti=None) -> dict | None:
-        """Reconcile again, through Airflow's own backfill, the late hours plan_dump has dumped again and
-        the hours their duplicate horizon reaches: one run at a time, completed runs re-run, each from the
-        dumps as they are now (dumping only an hour that has none) and with this run's drift threshold.
-        Then mark the late replays taken up. While another backfill of this DAG runs, they stay pending
-        for the next run."""
-        plan = ti.xcom_pull(task_ids="plan_dump", key="backfill")
+    def reconcile_late_hours(ti=None) -> dict | None:
+        """Trigger a run of this DAG for each hour plan_dump's late hours reach (the late hours, dumped
+        again by this run, and the hours their duplicate horizon reaches, this run's own hour aside):
+        each recomputes its hour from the dumps as they are (dumping only an hour that has none), with
+        this run's drift threshold, and queues behind this run. Then mark the late replays taken up;
+        until then they stay pending, and the next run takes them up again."""
+        plan = ti.xcom_pull(task_ids="plan_dump", key="late")
         if not plan:
             return None
-        from infra.airflow_api import AirflowAPI, BackfillRunning
+        from infra.airflow_api import AirflowAPI
 
-        first, last = parse_utc(plan["first"]), parse_utc(plan["last"])
-        replays = {parse_utc(h): parse_utc(at) for h, at in plan["replays"].items()}
+        api = AirflowAPI.from_env()
         conf = {"dump": MISSING, "drift_threshold": plan["drift_threshold"]}
-        try:
-            backfill = AirflowAPI.from_env().backfill(DAG_ID, first, last, conf)
-        except BackfillRunning as running:
-            log.warning("%s: the late hours %s stay pending, and the next run takes them up", running, _hours_text(replays))
-            return {"deferred": True, **plan}
-        _take_late_marks(replays)
-        log.info("backfill %s of %s: the runs of %s to %s", backfill.get("id"), DAG_ID, plan["first"], plan["last"])
-        return {"id": backfill.get("id"), **plan}
+        runs = [
+            api.trigger_run(DAG_ID, late_run_id(parse_utc(hour), ti.run_id), {"hour": hour, **conf},
+                            f"late replayed clicks, taken up by {ti.run_id}")
+            for hour in plan["hours"]
+        ]
+        _take_late_marks({parse_utc(h): parse_utc(at) for h, at in plan["replays"].items()})
+        log.info("reconciling again, after this run: %s", ", ".join(runs) or "no other hour")
+        return {"runs": runs, **plan}
 
     @task
     def delete_expired_dumps() -> dict:
@@ -389,7 +389,7 @@ def reconcile_clicks_hourly():
     recompute >> report
     check_drift(report)
     report >> check_quality(window)
-    report >> backfill_late_hours()
+    report >> reconcile_late_hours()
     delete_expired_dumps()
 
 

@@ -25,10 +25,6 @@ class AirflowError(RuntimeError):
         self.status = status
 
 
-class BackfillRunning(AirflowError):
-    """Airflow runs one backfill of a DAG at a time, and another one is running."""
-
-
 def login_from_env(env: Mapping[str, str] = os.environ) -> tuple[str, str, str]:
     """The project's Airflow (base URL, user, password), from the variables ``infra/env.sh`` sets;
     ``AIRFLOW_API_URL`` names an API server elsewhere than this machine's ``AIRFLOW_PORT``."""
@@ -107,42 +103,21 @@ class AirflowAPI:
     def trigger(self, dag_id: str, start: datetime, end: datetime, note: str = "") -> str:
         """Trigger a manual run for the window [start, end) (passed in its conf); return its run ID."""
         run_id = f"manual__{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}__{uuid.uuid4().hex[:8]}"
+        return self.trigger_run(dag_id, run_id, {"start": start.isoformat(), "end": end.isoformat()}, note)
+
+    def trigger_run(self, dag_id: str, run_id: str, conf: dict, note: str = "") -> str:
+        """Trigger a manual run with this run ID and conf (no logical date); return the run ID.
+
+        Triggering the same run ID again is a no-op: a retried POST whose first attempt did commit,
+        or a caller that retries its own work, finds the run it created."""
         try:
-            self._call(
-                "POST",
-                f"/dags/{dag_id}/dagRuns",
-                json={
-                    "dag_run_id": run_id,
-                    "logical_date": None,
-                    "conf": {"start": start.isoformat(), "end": end.isoformat()},
-                    "note": note or None,
-                },
-            )
+            self._call("POST", f"/dags/{dag_id}/dagRuns",
+                       json={"dag_run_id": run_id, "logical_date": None, "conf": conf, "note": note or None})
         except AirflowError as error:
-            # A retried POST whose first attempt did commit: the run ID is ours, so the run is too.
             if error.status != 409:
                 raise
-            self.run_state(dag_id, run_id)
+            self.run_state(dag_id, run_id)  # the run ID is ours, so the run is too
         return run_id
-
-    def backfill(self, dag_id: str, first: datetime, last: datetime, conf: dict | None = None) -> dict:
-        """Start Airflow's backfill of the runs whose logical dates fall in [first, last], completed
-        runs included, one at a time and oldest first, each with ``conf``; return the backfill.
-        Raise BackfillRunning while another backfill of the DAG runs (which, after a retried POST,
-        may be the one the first attempt created)."""
-        body = {"dag_id": dag_id, "from_date": first.isoformat(), "to_date": last.isoformat(), "dag_run_conf": conf,
-                "reprocess_behavior": "completed", "max_active_runs": 1}
-        try:
-            return self._call("POST", "/backfills", json=body)
-        except AirflowError as error:
-            if error.status == 409:
-                raise BackfillRunning("POST", "/backfills", 409, f"another backfill of {dag_id} is running") from error
-            raise
-
-    def backfill_running(self, dag_id: str) -> bool:
-        """True while a backfill of the DAG has not completed (paused ones included, as Airflow counts them)."""
-        body = self._call("GET", "/backfills", params={"dag_id": dag_id, "order_by": "-id", "limit": 20})
-        return any(not backfill["completed_at"] for backfill in body["backfills"])
 
     def clear(self, dag_id: str, run_id: str) -> None:
         """Clear every task of a finished run, so Airflow runs it again from the start."""

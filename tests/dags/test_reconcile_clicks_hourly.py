@@ -51,7 +51,7 @@ def test_the_tasks_wait_dump_verify_recompute_repair_then_check(dag):
 
     assert set(dag.task_ids) == {
         "plan_hour", "wait_for_hour_to_settle", "plan_dump", "dump_raw_clicks", "verify_dumps",
-        "recompute_from_dumps", "compare_and_repair", "check_drift", "check_quality", "backfill_late_hours",
+        "recompute_from_dumps", "compare_and_repair", "check_drift", "check_quality", "reconcile_late_hours",
         "delete_expired_dumps",
     }
     assert edges == {
@@ -60,7 +60,7 @@ def test_the_tasks_wait_dump_verify_recompute_repair_then_check(dag):
         ("plan_hour", "verify_dumps"), ("verify_dumps", "recompute_from_dumps"),
         ("recompute_from_dumps", "compare_and_repair"), ("plan_hour", "compare_and_repair"),
         ("compare_and_repair", "check_drift"), ("compare_and_repair", "check_quality"), ("plan_hour", "check_quality"),
-        ("compare_and_repair", "backfill_late_hours"),
+        ("compare_and_repair", "reconcile_late_hours"),
     }
     assert dag.get_task("verify_dumps").trigger_rule == "none_failed_min_one_success"
 
@@ -204,7 +204,7 @@ def test_dumping_the_missing_hours_only_leaves_the_dumped_ones_and_the_runs_own_
         "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "also": ""}
 
 
-def test_a_backfill_of_late_hours_asks_for_the_missing_dumps_only(dag):
+def test_a_run_can_ask_for_the_missing_dumps_only(dag):
     assert plan_hour(dag, conf={"dump": "missing"})["dump"] == "missing"
 
 
@@ -228,18 +228,18 @@ def test_late_hours_cassandra_no_longer_holds_are_not_dumped_again(dag):
 @pytest.mark.parametrize(
     ("late", "horizon_s", "hours"),
     [
-        ([H10 - 5 * HOUR], 3 * 3600, ("05:00", "08:00")),  # the late hour and the three its horizon reaches
-        ([H10 - 9 * HOUR, H10 - 5 * HOUR], 3600, ("01:00", "06:00")),  # two late hours: one range over both
-        ([H10 - 5 * HOUR], 5400, ("05:00", "07:00")),  # a horizon of 1.5 hours reaches two hours on
-        ([H10 - 5 * HOUR], 1, ("05:00", "06:00")),  # a one-second horizon reaches the next hour's first second
-        ([], 3 * 3600, None),
+        ([5], 3 * 3600, [5, 6, 7, 8]),  # the late hour and the three its horizon reaches
+        ([1, 5], 3600, [1, 2, 5, 6]),  # two late hours apart: each with the hour after it
+        ([5], 5400, [5, 6, 7]),  # a horizon of 1.5 hours reaches two hours on
+        ([5], 1, [5, 6]),  # a one-second horizon reaches the next hour's first second
+        ([], 3 * 3600, []),
     ],
-    ids=["one", "two", "part-hour-horizon", "one-second-horizon", "none"],
+    ids=["one", "two-apart", "part-hour-horizon", "one-second-horizon", "none"],
 )
-def test_the_backfill_covers_the_late_hours_and_those_whose_horizon_reaches_them(dag, late, horizon_s, hours):
-    expected = None if hours is None else {"first": f"2026-01-01T{hours[0]}:00+00:00", "last": f"2026-01-01T{hours[1]}:00+00:00"}
+def test_the_late_hours_reach_the_hours_whose_horizon_holds_them(dag, late, horizon_s, hours):
+    at = [H10.replace(hour=h) for h in late]
 
-    assert module(dag).hours_to_backfill(late, horizon_s) == expected
+    assert module(dag).hours_to_recompute(at, horizon_s) == [H10.replace(hour=h) for h in hours]
 
 
 # The tasks, on an in-memory S3
@@ -285,16 +285,13 @@ def recent_window(dag, hour: datetime, **conf) -> dict:
 
 @pytest.fixture
 def marks(dag, monkeypatch) -> dict:
-    """late_click_hours, as plan_dump reads them from Cassandra: fill in the test. A backfill of the
-    DAG runs while ``marks["backfill running"]`` is set."""
-    rows: dict = {}
-    names = dag.get_task("plan_dump").python_callable.__globals__
-    monkeypatch.setitem(names, "_late_marks", lambda: {h: at for h, at in rows.items() if isinstance(h, datetime)})
-    monkeypatch.setitem(names, "_backfill_running", lambda: rows.get("backfill running", False))
+    """late_click_hours, as plan_dump reads them from Cassandra: fill in the test."""
+    rows: dict[datetime, datetime] = {}
+    monkeypatch.setitem(dag.get_task("plan_dump").python_callable.__globals__, "_late_marks", lambda: dict(rows))
     return rows
 
 
-SCHEDULED, BACKFILL = SimpleNamespace(run_type="scheduled"), SimpleNamespace(run_type="backfill")
+SCHEDULED, MANUAL, BACKFILL = (SimpleNamespace(run_type=kind) for kind in ("scheduled", "manual", "backfill"))
 
 
 def test_plan_dump_dumps_from_the_first_earlier_hour_without_a_dump(dag, s3, marks):
@@ -316,7 +313,7 @@ def test_plan_dump_goes_straight_to_verify_when_the_conf_says_not_to_dump(dag, s
     assert ti.pushed == {}
 
 
-def test_plan_dump_dumps_late_hours_again_and_plans_their_backfill(dag, s3, marks, caplog):
+def test_plan_dump_dumps_late_hours_again_and_plans_to_reconcile_the_settled_hours_they_reach(dag, s3, marks, caplog):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     for h in raw_dumps.horizon_hours(hour, 10800):
         publish(s3, h)
@@ -327,12 +324,27 @@ def test_plan_dump_dumps_late_hours_again_and_plans_their_backfill(dag, s3, mark
     chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
 
     assert chosen == "dump_raw_clicks"
+    # Reached: old..old+3 and recent..recent+3 (= hour + 1); not the run's own hour, and not hour + 1,
+    # which has not settled yet.
+    reached = [old + n * HOUR for n in range(4)] + [recent, recent + HOUR]
     assert ti.pushed == {
         "dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": f"{old.isoformat()},{recent.isoformat()}"},
-        "backfill": {"first": old.isoformat(), "last": (recent + 3 * HOUR).isoformat(), "drift_threshold": 0.0001,
-                     "replays": {old.isoformat(): (hour - HOUR).isoformat(), recent.isoformat(): (hour - HOUR).isoformat()}},
+        "late": {"hours": [h.isoformat() for h in reached], "drift_threshold": 0.0001,
+                 "replays": {old.isoformat(): (hour - HOUR).isoformat(), recent.isoformat(): (hour - HOUR).isoformat()}},
     }
-    assert "dumping those hours again, then backfilling them" in caplog.text
+    assert "dumping those hours again, then reconciling them" in caplog.text
+
+
+def test_a_run_that_dumps_only_missing_hours_leaves_late_hours_alone(dag, s3, marks):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    for h in [*raw_dumps.horizon_hours(hour, 10800), hour]:
+        publish(s3, h)
+    marks[hour - 5 * HOUR] = hour
+    ti = FakeTaskInstance()
+
+    chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour, dump="missing"), ti=ti, dag_run=MANUAL)
+
+    assert chosen == "verify_dumps" and ti.pushed == {}
 
 
 def test_late_hours_cassandra_no_longer_holds_are_reported_and_not_taken_up(dag, s3, marks, caplog, monkeypatch):
@@ -349,19 +361,6 @@ def test_late_hours_cassandra_no_longer_holds_are_reported_and_not_taken_up(dag,
     assert "which Cassandra no longer holds whole" in caplog.text
 
 
-def test_late_hours_wait_while_a_backfill_of_the_dag_runs(dag, s3, marks, caplog):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
-    for h in raw_dumps.horizon_hours(hour, 10800):
-        publish(s3, h)
-    marks.update({hour - 5 * HOUR: hour, "backfill running": True})
-    ti = FakeTaskInstance()
-
-    dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
-
-    assert ti.pushed == {"dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": ""}}
-    assert "a backfill of reconcile_clicks_hourly is running: those hours stay pending" in caplog.text
-
-
 def test_a_backfill_run_leaves_late_hours_to_the_next_run_outside_it(dag, s3, marks):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     for h in raw_dumps.horizon_hours(hour, 10800):
@@ -376,16 +375,11 @@ def test_a_backfill_run_leaves_late_hours_to_the_next_run_outside_it(dag, s3, ma
 
 class FakeAirflow:
     def __init__(self):
-        self.backfills = []
-        self.running = False
+        self.triggered = []
 
-    def backfill(self, dag_id, first, last, conf):
-        from infra.airflow_api import BackfillRunning
-
-        if self.running:
-            raise BackfillRunning("POST", "/backfills", 409, "another backfill is running")
-        self.backfills.append((dag_id, first, last, conf))
-        return {"id": 3}
+    def trigger_run(self, dag_id, run_id, conf, note=""):
+        self.triggered.append((dag_id, run_id, conf))
+        return run_id
 
 
 @pytest.fixture
@@ -399,41 +393,49 @@ def airflow_api(monkeypatch) -> FakeAirflow:
 
 @pytest.fixture
 def taken(dag, monkeypatch) -> list:
-    """The late replays backfill_late_hours marks as taken up (in Cassandra, really)."""
+    """The late replays reconcile_late_hours marks as taken up (in Cassandra, really)."""
     calls = []
-    monkeypatch.setitem(dag.get_task("backfill_late_hours").python_callable.__globals__, "_take_late_marks", calls.append)
+    monkeypatch.setitem(dag.get_task("reconcile_late_hours").python_callable.__globals__, "_take_late_marks", calls.append)
     return calls
 
 
-PLANNED = {"first": "2026-01-01T05:00:00+00:00", "last": "2026-01-01T08:00:00+00:00", "drift_threshold": 0.5,
+PLANNED = {"hours": ["2026-01-01T05:00:00+00:00", "2026-01-01T06:00:00+00:00"], "drift_threshold": 0.5,
            "replays": {"2026-01-01T05:00:00+00:00": "2026-01-01T09:30:00+00:00"}}
 
 
-def test_backfill_late_hours_backfills_from_the_dumps_then_takes_the_replays_up(dag, airflow_api, taken):
+def test_reconcile_late_hours_triggers_a_run_per_hour_then_takes_the_replays_up(dag, airflow_api, taken):
     ti = FakeTaskInstance()
-    ti.pushed["backfill"] = PLANNED
+    ti.run_id = "scheduled__2026-01-01T10:00:00+00:00"
+    ti.pushed["late"] = PLANNED
 
-    result = dag.get_task("backfill_late_hours").python_callable(ti=ti)
+    result = dag.get_task("reconcile_late_hours").python_callable(ti=ti)
 
-    assert airflow_api.backfills == [(DAG_ID, H10 - 5 * HOUR, H10 - 2 * HOUR, {"dump": "missing", "drift_threshold": 0.5})]
+    conf = {"dump": "missing", "drift_threshold": 0.5}
+    assert airflow_api.triggered == [
+        (DAG_ID, "late__20260101T05__scheduled__2026-01-01T10:00:00+00:00", {"hour": "2026-01-01T05:00:00+00:00", **conf}),
+        (DAG_ID, "late__20260101T06__scheduled__2026-01-01T10:00:00+00:00", {"hour": "2026-01-01T06:00:00+00:00", **conf}),
+    ]
     assert taken == [{H10 - 5 * HOUR: H10 - 30 * timedelta(minutes=1)}]
-    assert result == {"id": 3, **PLANNED}
+    assert result["runs"] == [run_id for _, run_id, _ in airflow_api.triggered]
 
 
-def test_backfill_late_hours_leaves_the_replays_pending_while_another_backfill_runs(dag, airflow_api, taken, caplog):
-    airflow_api.running = True
+def test_reconcile_late_hours_leaves_the_replays_pending_when_a_trigger_fails(dag, airflow_api, taken):
+    def refuse(dag_id, run_id, conf, note=""):
+        raise ConnectionError("Airflow's API is down")
+
+    airflow_api.trigger_run = refuse
     ti = FakeTaskInstance()
-    ti.pushed["backfill"] = PLANNED
+    ti.run_id = "scheduled__2026-01-01T10:00:00+00:00"
+    ti.pushed["late"] = PLANNED
 
-    result = dag.get_task("backfill_late_hours").python_callable(ti=ti)
+    with pytest.raises(ConnectionError):
+        dag.get_task("reconcile_late_hours").python_callable(ti=ti)
+    assert taken == []
 
-    assert taken == [] and result["deferred"] is True
-    assert "the late hours 2026-01-01T05:00Z stay pending, and the next run takes them up" in caplog.text
 
-
-def test_backfill_late_hours_does_nothing_without_late_hours(dag, airflow_api, taken):
-    assert dag.get_task("backfill_late_hours").python_callable(ti=FakeTaskInstance()) is None
-    assert airflow_api.backfills == [] and taken == []
+def test_reconcile_late_hours_does_nothing_without_late_hours(dag, airflow_api, taken):
+    assert dag.get_task("reconcile_late_hours").python_callable(ti=FakeTaskInstance()) is None
+    assert airflow_api.triggered == [] and taken == []
 
 
 def test_verify_dumps_returns_the_row_counts_of_the_hour_and_its_horizon(dag, s3):

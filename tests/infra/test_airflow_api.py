@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from infra.airflow_api import AirflowAPI, AirflowError, BackfillRunning, login_from_env
+from infra.airflow_api import AirflowAPI, AirflowError, login_from_env
 from infra.airflow_sqlite import BUSY_TIMEOUT_SECONDS
 
 
@@ -110,34 +110,15 @@ def test_the_login_comes_from_the_project_environment():
     assert login_from_env({**env, "AIRFLOW_API_URL": "https://airflow.internal"})[0] == "https://airflow.internal"
 
 
-HOURS = (datetime(2026, 11, 28, 2, tzinfo=timezone.utc), datetime(2026, 11, 28, 5, tzinfo=timezone.utc))
+def test_a_run_triggered_again_with_its_own_run_id_is_the_same_run():
+    api, http = client(Reply(200, "{}"), Reply(409, "already exists"), Reply(200, '{"state": "success"}'))
 
-
-def test_a_backfill_reruns_the_completed_runs_of_the_range_one_at_a_time():
-    api, http = client(Reply(200, '{"id": 7, "from_date": "2026-11-28T02:00:00Z", "to_date": "2026-11-28T05:00:00Z"}'))
-
-    assert api.backfill("reconcile", *HOURS, conf={"drift_threshold": 0.01})["id"] == 7
-    assert http.requests == [("POST", "/backfills")]
-    assert http.bodies == [{"dag_id": "reconcile", "from_date": "2026-11-28T02:00:00+00:00",
-                            "to_date": "2026-11-28T05:00:00+00:00", "dag_run_conf": {"drift_threshold": 0.01},
-                            "reprocess_behavior": "completed", "max_active_runs": 1}]
-
-
-def test_a_backfill_refused_while_another_runs_says_so():
-    api, http = client(Reply(503, "Database is locked"), Reply(409, "There is already a running backfill"))
-
-    with pytest.raises(BackfillRunning, match="another backfill of reconcile is running"):
-        api.backfill("reconcile", *HOURS)
-    assert len(http.requests) == 2
-
-
-def test_a_backfill_runs_until_airflow_records_it_completed():
-    listed = '{{"backfills": [{{"id": 9, "completed_at": {}}}, {{"id": 8, "completed_at": "2026-11-28T01:00:00Z"}}]}}'
-    api, http = client(Reply(200, listed.format("null")), Reply(200, listed.format('"2026-11-28T03:00:00Z"')))
-
-    assert api.backfill_running("reconcile") is True
-    assert api.backfill_running("reconcile") is False
-    assert http.params[0] == {"dag_id": "reconcile", "order_by": "-id", "limit": 20}
+    assert api.trigger_run("reconcile", "late__h1", {"hour": "2026-11-28T02:00:00+00:00"}, "late clicks") == "late__h1"
+    assert api.trigger_run("reconcile", "late__h1", {"hour": "2026-11-28T02:00:00+00:00"}) == "late__h1"
+    assert http.requests == [("POST", "/dags/reconcile/dagRuns"), ("POST", "/dags/reconcile/dagRuns"),
+                             ("GET", "/dags/reconcile/dagRuns/late__h1")]
+    assert http.bodies[0] == {"dag_run_id": "late__h1", "logical_date": None,
+                              "conf": {"hour": "2026-11-28T02:00:00+00:00"}, "note": "late clicks"}
 
 
 class Silence(Reply):

@@ -109,4 +109,5 @@ def test_a_late_hour_is_pending_until_its_latest_replay_is_taken_up_and_expires_
 
     [row] = cassandra.execute(f"SELECT TTL(replayed_at) AS replayed, TTL(taken_at) AS taken FROM "
                               f"{cfg['CASSANDRA_KEYSPACE']}.late_click_hours WHERE hour = %s", [hour])
+    cassandra.execute(f"DELETE FROM {cfg['CASSANDRA_KEYSPACE']}.late_click_hours WHERE hour = %s", [hour])
     assert 3500 < row.replayed <= 3600 and 3500 < row.taken <= 3600

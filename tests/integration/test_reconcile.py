@@ -14,7 +14,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -368,17 +367,6 @@ def test_a_missing_dump_fails_the_run_and_is_recorded(airflow, cassandra, cfg, d
 # Late replayed clicks: a spooled click stored after its hour was dumped and reconciled
 
 
-def wait_for_backfill(api: AirflowAPI, timeout: float = 900) -> dict:
-    """The newest backfill of the DAG, once it has completed."""
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
-    while True:
-        [backfill] = api._call("GET", "/backfills", params={"dag_id": DAG, "order_by": "-id", "limit": 1})["backfills"]
-        if backfill["completed_at"]:
-            return backfill
-        assert datetime.now(timezone.utc) < deadline, f"backfill {backfill['id']} still running after {timeout:.0f}s"
-        time.sleep(5)
-
-
 @pytest.fixture(scope="module")
 def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
     from click_api.spool import Spool
@@ -398,9 +386,10 @@ def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
     clicks.click(ad, after + timedelta(minutes=10), impression_id=spooled, user_id="u2")
     clicks.click(ad, after + timedelta(minutes=30), user_id="u3")
 
+    # Both hours are reconciled before the spooled click is stored, so the next hour bills the repeat.
     # The warehouse holds no minute of these hours (no rollup ran): every cell is drift, so the
     # threshold is lifted; the backfill runs take it from the run that starts them.
-    _, first_state, _ = reconcile(airflow, hour, drift_threshold=1)
+    states = [reconcile(airflow, h, drift_threshold=1)[1] for h in (hour, after)]
     before = facts([ad.ad_id])
     spool = Spool(str(tmp_path_factory.mktemp("late-spool")))
     spool.append(Click(uuid.uuid4().hex, spooled, ad.ad_id, ad.advertiser_id, hour + timedelta(minutes=50),
@@ -408,41 +397,40 @@ def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
     replayed = replay_once(Services(store=store, deduper=None, spool=spool, clicks=None), Windows.from_env(os.environ))
     marked = store.pending_late_hours().get(hour)
 
-    run_id, state, tasks = reconcile(airflow, after, drift_threshold=1)
-    backfill = wait_for_backfill(airflow)
-    backfill_runs = airflow._call("GET", f"/dags/{DAG}/dagRuns", params={
-        "run_type": ["backfill"], "logical_date_gte": hour.isoformat(), "logical_date_lte": (hour + 3 * HOUR).isoformat(),
-        "order_by": "logical_date"})["dag_runs"]
-    yield {"hour": hour, "ad": ad, "first_state": first_state, "before": before, "replayed": replayed, "marked": marked,
-           "state": state, "tasks": tasks, "backfill": backfill, "backfill_runs": backfill_runs, "facts": facts([ad.ad_id]),
-           "report": report_of(hour), "pending": store.pending_late_hours()}
+    # The run of the hour after those takes the late hour up, and triggers the runs of the others.
+    run_id, state, tasks = reconcile(airflow, hour + 2 * HOUR, drift_threshold=1)
+    late_runs = {h: f"late__{h:%Y%m%dT%H}__{run_id}" for h in (hour, after, hour + 3 * HOUR)}
+    late_states = {h: airflow.wait_for_run(DAG, late_run, timeout=900) for h, late_run in late_runs.items()}
+    late_confs = {h: airflow._call("GET", f"/dags/{DAG}/dagRuns/{late_run}")["conf"] for h, late_run in late_runs.items()}
+    yield {"hour": hour, "ad": ad, "states": states, "before": before, "replayed": replayed, "marked": marked,
+           "state": state, "tasks": tasks, "late_states": late_states, "late_confs": late_confs,
+           "facts": facts([ad.ad_id]), "report": report_of(hour), "pending": store.pending_late_hours()}
     for h in [*raw_dumps.horizon_hours(hour, 10800), *(hour + n * HOUR for n in range(4))]:
         dumps.delete_hour(h)
 
 
 def test_a_late_replayed_click_marks_its_hour_after_the_hour_was_reconciled(late_scenario):
-    hour = late_scenario["hour"]
+    hour, ad_id = late_scenario["hour"], late_scenario["ad"].ad_id
+    at = {m: naive(hour + timedelta(minutes=m)) for m in (20, 70, 90)}
 
-    assert late_scenario["first_state"] == "success"
-    assert late_scenario["before"] == [[naive(hour + timedelta(minutes=20)), late_scenario["ad"].ad_id, 1, 0, 0, 1]]
+    assert late_scenario["states"] == ["success", "success"]
+    assert late_scenario["before"] == [[at[20], ad_id, 1, 0, 0, 1], [at[70], ad_id, 1, 0, 0, 1], [at[90], ad_id, 1, 0, 0, 1]]
     assert late_scenario["replayed"] == 1
     assert late_scenario["marked"] is not None
 
 
-def test_the_next_run_dumps_the_late_hour_again_and_backfills_the_hours_it_reaches(late_scenario):
+def test_the_next_run_dumps_the_late_hour_again_and_reconciles_the_hours_it_reaches(late_scenario):
     hour = late_scenario["hour"]
 
     assert late_scenario["state"] == "success", late_scenario["tasks"]
-    assert late_scenario["tasks"]["backfill_late_hours"] == "success"
-    backfill = late_scenario["backfill"]
-    assert (datetime.fromisoformat(backfill["from_date"]), datetime.fromisoformat(backfill["to_date"])) == (hour, hour + 3 * HOUR)
-    assert backfill["dag_run_conf"] == {"dump": "missing", "drift_threshold": 1}
-    assert [(datetime.fromisoformat(run["logical_date"]), run["state"]) for run in late_scenario["backfill_runs"]] == [
-        (hour + n * HOUR, "success") for n in range(4)]
+    assert late_scenario["tasks"]["reconcile_late_hours"] == "success"
+    assert late_scenario["late_states"] == {h: "success" for h in (hour, hour + HOUR, hour + 3 * HOUR)}
+    assert {h: conf["dump"] for h, conf in late_scenario["late_confs"].items()} == {
+        h: "missing" for h in (hour, hour + HOUR, hour + 3 * HOUR)}
     assert hour not in late_scenario["pending"]
 
 
-def test_after_the_backfill_the_late_click_is_billed_once_and_its_repeat_not_at_all(late_scenario):
+def test_afterwards_the_late_click_is_billed_once_and_its_repeat_not_at_all(late_scenario):
     hour, ad_id = late_scenario["hour"], late_scenario["ad"].ad_id
     at = {m: naive(hour + timedelta(minutes=m)) for m in (20, 50, 70, 90)}
 
