@@ -63,7 +63,7 @@ def replay_once(services: Services, windows=None,
     With ``windows`` (click_api.windows.Windows), a click that reaches Cassandra after every minute
     rollup has passed its minute is late: only the reconciliation counts it. Its hour is marked in
     ``late_click_hours`` once it is stored (and before the spool lets go of it), so that the next
-    hourly reconciliation dumps the hour again and backfills it with the hours after it; the late
+    hourly reconciliation dumps the hour again and reconciles it again with the hours after it; the late
     clicks are also counted and logged by hour.
     """
     spool = services.spool
@@ -101,7 +101,7 @@ def _report_late(late_hours: Counter, windows) -> None:
         log.warning(
             "%d replayed clicks of the hour %s reached Cassandra after the minute rollups had passed their "
             "minutes. The hour is marked late: the next run of reconcile_clicks_hourly counts them, dumping "
-            "the hour again and backfilling it with the hours after it in the duplicate horizon "
+            "the hour again and reconciling it again with the hours after it in the duplicate horizon "
             "(by hand: make backfill DAG=reconcile_clicks_hourly FROM=%s TO=%s)",
             count, f"{hour:%Y-%m-%dT%H:%M}Z", f"{hour:%Y-%m-%dT%H:%M}", f"{until:%Y-%m-%dT%H:%M}")
 
