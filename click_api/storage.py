@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import uuid
 from datetime import datetime, timezone
 from importlib import resources
 
@@ -121,14 +122,12 @@ class CassandraStore:
         )
         self._list_ads = f"SELECT ad_id, advertiser_id, target_url, status FROM {keyspace}.ads"
         self._mark_late_hour = session.prepare(
-            f"UPDATE {keyspace}.late_click_hours USING TTL ? SET replayed_at = ? WHERE hour = ?"
+            f"INSERT INTO {keyspace}.late_click_hours (hour, replay_id, replayed_at) VALUES (?, ?, ?) USING TTL ?"
         )
-        self._take_late_hour = session.prepare(
-            f"UPDATE {keyspace}.late_click_hours USING TTL ? SET taken_at = ? WHERE hour = ?"
-        )
+        self._take_late_hour = session.prepare(f"DELETE FROM {keyspace}.late_click_hours WHERE hour = ? AND replay_id = ?")
         for statement in (self._mark_late_hour, self._take_late_hour):
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
-        self._late_hours = f"SELECT hour, replayed_at, taken_at FROM {keyspace}.late_click_hours"
+        self._late_hours = f"SELECT hour, replay_id FROM {keyspace}.late_click_hours"
         for statement in (self._insert_click, self._insert_by_impression):
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
         self._select_ad.consistency_level = ConsistencyLevel.LOCAL_ONE
@@ -173,25 +172,23 @@ class CassandraStore:
         rows = self.session.execute(self._select_impression, (impression_id,), timeout=timeout)
         return any(row.status in (VALID, DUPLICATE) for row in rows)
 
-    def mark_late_hour(self, hour: datetime, replayed_at: datetime) -> None:
-        """Record that clicks of ``hour`` were stored at ``replayed_at``, after every minute rollup had
-        passed them. Called after those clicks are stored, so a dump read after ``replayed_at`` has them."""
-        self.session.execute(self._mark_late_hour, (self.raw_click_ttl, replayed_at, hour), timeout=2.0)
+    def mark_late_hour(self, hour: datetime, replay_id: uuid.UUID, replayed_at: datetime) -> None:
+        """Record that the replay pass ``replay_id`` stored clicks of ``hour`` after every minute rollup
+        had passed them. Called after those clicks are stored, so whoever reads the mark finds them."""
+        self.session.execute(self._mark_late_hour, (hour, replay_id, replayed_at, self.raw_click_ttl), timeout=2.0)
 
-    def pending_late_hours(self) -> dict[datetime, datetime]:
-        """The marked hours whose latest late replay no reconciliation has taken up yet, with its
-        time, as aware UTC datetimes."""
-        def aware(moment: datetime) -> datetime:
-            return moment.replace(tzinfo=timezone.utc)
+    def pending_late_hours(self) -> dict[datetime, list[str]]:
+        """The marked hours (aware UTC), each with the IDs of the replay passes no run has taken up."""
+        pending: dict[datetime, list[str]] = {}
+        for row in self.session.execute(self._late_hours, timeout=10.0):
+            pending.setdefault(row.hour.replace(tzinfo=timezone.utc), []).append(str(row.replay_id))
+        return pending
 
-        rows = self.session.execute(self._late_hours, timeout=10.0)
-        return {aware(row.hour): aware(row.replayed_at) for row in rows
-                if row.replayed_at is not None and (row.taken_at is None or row.replayed_at > row.taken_at)}
-
-    def take_late_hours(self, replays: dict[datetime, datetime]) -> None:
-        """Record each hour's replay time as taken up; a replay into the hour after that time keeps it pending."""
-        for hour, replayed_at in replays.items():
-            self.session.execute(self._take_late_hour, (self.raw_click_ttl, replayed_at, hour), timeout=2.0)
+    def take_late_hours(self, replays: dict[datetime, list[str]]) -> None:
+        """Delete the marks of these replay passes: a pass not among them keeps its hour pending."""
+        for hour, replay_ids in replays.items():
+            for replay_id in replay_ids:
+                self.session.execute(self._take_late_hour, (hour, uuid.UUID(replay_id)), timeout=2.0)
 
     def ping(self) -> None:
         self.session.execute("SELECT release_version FROM system.local", timeout=2.0)

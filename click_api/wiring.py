@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -76,13 +77,14 @@ def replay_once(services: Services, windows=None,
     services.store.ping()
     late_hours: Counter[datetime] = Counter()
     late_after = timedelta(seconds=windows.late_after) if windows else None
+    replay_id = uuid.uuid1()  # this pass's marks: one row per hour, however many of its clicks are late
 
     def save(click) -> None:
         services.store.save_click(click)
         now = clock()  # a long replay: now, not when it began
         if late_after is not None and click.minute < now - late_after:
             hour = click.minute.replace(minute=0)
-            services.store.mark_late_hour(hour, now)
+            services.store.mark_late_hour(hour, replay_id, now)
             late_hours[hour] += 1
 
     try:
@@ -101,9 +103,8 @@ def _report_late(late_hours: Counter, windows) -> None:
         log.warning(
             "%d replayed clicks of the hour %s reached Cassandra after the minute rollups had passed their "
             "minutes. The hour is marked late: the next run of reconcile_clicks_hourly counts them, dumping "
-            "the hour again and reconciling it again with the hours after it in the duplicate horizon "
-            "(by hand: make backfill DAG=reconcile_clicks_hourly FROM=%s TO=%s)",
-            count, f"{hour:%Y-%m-%dT%H:%M}Z", f"{hour:%Y-%m-%dT%H:%M}", f"{until:%Y-%m-%dT%H:%M}")
+            "the hour again and reconciling it again with the hours after it in the duplicate horizon, up to %s",
+            count, f"{hour:%Y-%m-%dT%H:%M}Z", f"{until:%Y-%m-%dT%H:%M}Z")
 
 
 def start_replayer(services: Services, interval: float, stop: threading.Event, windows=None) -> threading.Thread:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +27,10 @@ START_DATE = datetime.fromisoformat(os.environ.get("RECONCILE_START_DATE", "2026
 DEFAULT_DRIFT_THRESHOLD = "0.0001"
 HOUR = timedelta(hours=1)
 DAG_ID = "reconcile_clicks_hourly"
-MISSING = "missing"  # conf "dump": only the hours that have no dump
+MISSING = "missing"  # conf "dump": from the first hour that has no dump to the last (none if all have one)
+# Late hours one run takes up at most (each queues up to 1 + the horizon's hours of runs behind it);
+# the others stay pending for the runs after it.
+MAX_LATE_HOURS = 4
 
 PLAN = "{{{{ ti.xcom_pull(task_ids='plan_hour')['{}'] }}}}"
 DUMP = "{{{{ ti.xcom_pull(task_ids='plan_dump', key='dump')['{}'] }}}}"
@@ -40,7 +44,7 @@ def _flag(value) -> bool:
 def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
     """The hour a run reconciles and how: ``conf`` ``hour`` (or ``start``/``end``) of a manual run,
     else the data interval; ``conf`` ``dump`` false recomputes from the existing dumps only,
-    ``"missing"`` dumps only the hours without a dump (the run's own included), and
+    ``"missing"`` dumps only from the first to the last hour without a dump (the run's own included), and
     ``drift_threshold`` overrides RECONCILE_DRIFT_THRESHOLD for that run."""
     windows = Windows.from_env(environ)
     if conf.get("hour"):
@@ -69,7 +73,6 @@ def plan(conf: dict, data_interval_start: datetime | None, environ) -> dict:
         "horizon_s": windows.duplicate_horizon,
         "late_after_s": windows.late_after,
         "raw_click_ttl_s": windows.raw_click_ttl,
-        "clock_skew_s": windows.clock_skew,
         "output": f"{STAGING_DIR}/reconcile_clicks/{start:%Y%m%dT%H}",
     }
 
@@ -111,10 +114,11 @@ def hours_to_recompute(late: list[datetime], horizon_s: int) -> list[datetime]:
     return sorted(hours)
 
 
-def late_run_id(hour: datetime, origin: str) -> str:
-    """The run that reconciles ``hour`` again for the late replays the run ``origin`` took up: the
-    same ID on a retry, so a retry triggers nothing twice."""
-    return f"late__{hour:%Y%m%dT%H}__{origin}"
+def late_run_id(hour: datetime, replays: dict, origin: str) -> str:
+    """The run that reconciles ``hour`` again for the late ``replays`` the run ``origin`` took up: the
+    same ID on a retry of the task, so it triggers nothing twice, and a new one for new replays."""
+    digest = hashlib.sha256(json.dumps(replays, sort_keys=True).encode()).hexdigest()[:8]
+    return f"late__{hour:%Y%m%dT%H}__{digest}__{origin}"
 
 
 def _hours_text(hours) -> str:
@@ -135,13 +139,13 @@ def _click_store():
         cluster.shutdown()
 
 
-def _late_marks() -> dict[datetime, datetime]:
-    """The hours with late replayed clicks no run has taken up yet, and the time of the latest replay."""
+def _late_marks() -> dict[datetime, list[str]]:
+    """The hours with late replayed clicks no run has taken up yet, each with its replay passes' IDs."""
     with _click_store() as store:
         return store.pending_late_hours()
 
 
-def _take_late_marks(replays: dict[datetime, datetime]) -> None:
+def _take_late_marks(replays: dict[datetime, list[str]]) -> None:
     with _click_store() as store:
         store.take_late_hours(replays)
 
@@ -187,8 +191,9 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
 1. **wait** until the hour closed plus the minute rollup's lookback ({LOOKBACK_S}s), its lateness
    ({LATENESS_S}s) and `RECONCILE_MARGIN_S` ({MARGIN_S}s): no minute rollup touches the hour after that;
 2. **dump** the hour from Cassandra to S3 (`spark_jobs/dump_raw_clicks.py`), plus any earlier hour of the
-   duplicate horizon that has no dump yet, and any earlier hour whose dump was read before the click service
-   replayed late spooled clicks into it (`late_click_hours` in Cassandra); data under a new run prefix, then
+   duplicate horizon that has no dump yet, and any earlier hour into which the click service replayed late
+   spooled clicks that no run has taken up (`late_click_hours` in Cassandra; at most {MAX_LATE_HOURS} a run);
+   data under a new run prefix, then
    the manifest, then the old runs are deleted. Hours older than `RAW_CLICK_TTL_S` are never dumped again
    (Cassandra no longer holds them);
 3. **verify** that every dump the recompute needs has a manifest and exactly its files;
@@ -203,7 +208,7 @@ Each run takes one closed UTC hour (its data interval, or `{{"hour": "..."}}` in
 7. **check the quality** of the repaired hour, as the minute rollup checks its window (keys unique and not
    null, counts possible): a violation fails the run;
 8. **reconcile the late hours**: when step 2 dumped hours again for late clicks, trigger a run of this DAG for
-   each of those hours and each hour whose duplicate horizon reaches one (`late__<hour>__<this run>`, with
+   each of those hours and each settled hour whose duplicate horizon reaches one (`late__<hour>__...`, with
    `"dump": "missing"` and this run's drift threshold; they queue behind this run), then mark the late replays
    taken up. A run that fails before that leaves them pending for the next run.
 
@@ -213,7 +218,7 @@ which, and is recorded as `failed` in `meta_reconciliations`. A dump that retent
 `delete_expired_dumps` deletes the dumps (manifest first, then data) that are older than `DUMP_RETENTION_S`.
 
 Manual runs: `{{"hour": "2026-11-27T10:00:00Z"}}` (or `start`/`end` one hour apart); `"dump": false` to
-recompute from the existing dumps only, `"dump": "missing"` to dump only the hours without a dump;
+recompute from the existing dumps only, `"dump": "missing"` to dump only from the first hour without a dump;
 `"drift_threshold": 0.5` to override the threshold for the run.
 Clearing and re-running a run replaces the same dump and finds nothing left to repair.
 """,
@@ -243,12 +248,15 @@ def reconcile_clicks_hourly():
         hour = parse_utc(window["start"])
         earlier = raw_dumps.horizon_hours(hour, window["horizon_s"])
         dumped = {h for h in [*earlier, hour] if store.read_manifest(h) is not None}
-        late: dict[datetime, datetime] = {}
+        late: dict[datetime, list[str]] = {}
         # Runs that dump only missing hours (those this task triggers) leave late replays alone, and
         # so do backfill runs: Airflow runs them beside the scheduled ones, which may be recomputing
         # the hours a new dump would replace.
         if window["dump"] is True and getattr(dag_run, "run_type", None) != "backfill":
-            late = {h: at for h, at in _late_marks().items() if h < hour}
+            earlier_late = sorted(h for h in _late_marks().items() if h[0] < hour)
+            late = dict(earlier_late[:MAX_LATE_HOURS])
+            if later := [h for h, _ in earlier_late[MAX_LATE_HOURS:]]:
+                log.warning("clicks were also replayed late into %s: left pending for the next runs", _hours_text(later))
         hours = dump_range(window, earlier, dumped, datetime.now(timezone.utc), sorted(late))
         dumping = set()
         if hours:
@@ -257,7 +265,7 @@ def reconcile_clicks_hourly():
         if gone := sorted(set(late) - dumping):
             log.error("clicks were replayed late into %s, which Cassandra no longer holds whole: those hours cannot be "
                       "dumped again, and their late clicks are not counted", _hours_text(gone))
-        if taken := {h: at for h, at in late.items() if h in dumping}:
+        if taken := {h: passes for h, passes in late.items() if h in dumping}:
             log.warning("clicks were replayed into %s after every minute rollup had passed them: dumping those hours "
                         "again, then reconciling them and the hours their duplicate horizon reaches", _hours_text(taken))
             # The run's own hour is recomputed after the new dumps, and an hour that has not settled yet
@@ -267,7 +275,7 @@ def reconcile_clicks_hourly():
                 "hours": [h.isoformat() for h in hours_to_recompute(sorted(taken), window["horizon_s"])
                           if h != hour and h <= settled],
                 "drift_threshold": window["drift_threshold"],
-                "replays": {h.isoformat(): at.isoformat() for h, at in sorted(taken.items())},
+                "replays": {h.isoformat(): passes for h, passes in sorted(taken.items())},
             })
         if hours is None:
             log.warning("not dumping: recomputing %s from the existing dumps (conf dump=false, every hour has a dump "
@@ -365,11 +373,11 @@ def reconcile_clicks_hourly():
         api = AirflowAPI.from_env()
         conf = {"dump": MISSING, "drift_threshold": plan["drift_threshold"]}
         runs = [
-            api.trigger_run(DAG_ID, late_run_id(parse_utc(hour), ti.run_id), {"hour": hour, **conf},
+            api.trigger_run(DAG_ID, late_run_id(parse_utc(hour), plan["replays"], ti.run_id), {"hour": hour, **conf},
                             f"late replayed clicks, taken up by {ti.run_id}")
             for hour in plan["hours"]
         ]
-        _take_late_marks({parse_utc(h): parse_utc(at) for h, at in plan["replays"].items()})
+        _take_late_marks({parse_utc(h): passes for h, passes in plan["replays"].items()})
         log.info("reconciling again, after this run: %s", ", ".join(runs) or "no other hour")
         return {"runs": runs, **plan}
 

@@ -16,8 +16,7 @@ class FakeStore:
         self.clicks: dict[str, Click] = {}
         self.down = False
         self.ad_reads = 0
-        self.late: dict[datetime, datetime] = {}
-        self.taken: dict[datetime, datetime] = {}
+        self.late: dict[datetime, dict[str, datetime]] = {}  # hour -> replay ID -> replayed at
 
     def _check(self) -> None:
         if self.down:
@@ -36,17 +35,19 @@ class FakeStore:
         self._check()
         self.clicks[click.click_id] = click
 
-    def mark_late_hour(self, hour: datetime, replayed_at: datetime) -> None:
+    def mark_late_hour(self, hour: datetime, replay_id, replayed_at: datetime) -> None:
         self._check()
-        self.late[hour] = replayed_at
+        self.late.setdefault(hour, {})[str(replay_id)] = replayed_at
 
-    def pending_late_hours(self) -> dict[datetime, datetime]:
+    def pending_late_hours(self) -> dict[datetime, list[str]]:
         self._check()
-        return {hour: at for hour, at in self.late.items() if hour not in self.taken or at > self.taken[hour]}
+        return {hour: sorted(passes) for hour, passes in self.late.items() if passes}
 
-    def take_late_hours(self, replays: dict[datetime, datetime]) -> None:
+    def take_late_hours(self, replays: dict[datetime, list[str]]) -> None:
         self._check()
-        self.taken.update(replays)
+        for hour, replay_ids in replays.items():
+            for replay_id in replay_ids:
+                self.late.get(hour, {}).pop(replay_id, None)
 
     def has_billable_click(self, impression_id: str) -> bool:
         self._check()

@@ -87,7 +87,7 @@ def test_a_scheduled_run_reconciles_its_data_interval(dag, tmp_path):
     assert plan_hour(dag, conf={}) == {
         "start": "2026-01-01T10:00:00+00:00", "end": "2026-01-01T11:00:00+00:00", "dump": True,
         "drift_threshold": 0.0001, "horizon_s": 10800, "late_after_s": 680, "raw_click_ttl_s": 2592000,
-        "clock_skew_s": 10, "output": f"{tmp_path}/staging/reconcile_clicks/20260101T10",
+        "output": f"{tmp_path}/staging/reconcile_clicks/20260101T10",
     }
 
 
@@ -314,32 +314,47 @@ def test_plan_dump_goes_straight_to_verify_when_the_conf_says_not_to_dump(dag, s
 
 
 def test_plan_dump_dumps_late_hours_again_and_plans_to_reconcile_the_settled_hours_they_reach(dag, s3, marks, caplog):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
+    # The hour before the current one: the current hour never settles while this test runs.
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - HOUR
     for h in raw_dumps.horizon_hours(hour, 10800):
         publish(s3, h)
     old, recent, own = hour - 9 * HOUR, hour - 2 * HOUR, hour
-    marks.update({old: hour - HOUR, recent: hour - HOUR, own: hour + HOUR})  # own: left to the next run
+    marks.update({old: ["p1"], recent: ["p1", "p2"], own: ["p2"]})  # own: left to the next run
     ti = FakeTaskInstance()
 
     chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
 
     assert chosen == "dump_raw_clicks"
     # Reached: old..old+3 and recent..recent+3 (= hour + 1); not the run's own hour, and not hour + 1,
-    # which has not settled yet.
+    # the current hour, which has not settled.
     reached = [old + n * HOUR for n in range(4)] + [recent, recent + HOUR]
     assert ti.pushed == {
         "dump": {"start": hour.isoformat(), "end": (hour + HOUR).isoformat(), "also": f"{old.isoformat()},{recent.isoformat()}"},
         "late": {"hours": [h.isoformat() for h in reached], "drift_threshold": 0.0001,
-                 "replays": {old.isoformat(): (hour - HOUR).isoformat(), recent.isoformat(): (hour - HOUR).isoformat()}},
+                 "replays": {old.isoformat(): ["p1"], recent.isoformat(): ["p1", "p2"]}},
     }
     assert "dumping those hours again, then reconciling them" in caplog.text
+
+
+def test_a_run_takes_up_the_oldest_late_hours_and_leaves_the_rest_pending(dag, s3, marks, caplog):
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - HOUR
+    for h in raw_dumps.horizon_hours(hour, 10800):
+        publish(s3, h)
+    late = [hour - n * 10 * HOUR for n in range(6, 0, -1)]
+    marks.update({h: ["p"] for h in late})
+    ti = FakeTaskInstance()
+
+    dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
+
+    assert list(ti.pushed["late"]["replays"]) == [h.isoformat() for h in late[:4]]
+    assert f"also replayed late into {late[4]:%Y-%m-%dT%H:%MZ}, {late[5]:%Y-%m-%dT%H:%MZ}: left pending" in caplog.text
 
 
 def test_a_run_that_dumps_only_missing_hours_leaves_late_hours_alone(dag, s3, marks):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     for h in [*raw_dumps.horizon_hours(hour, 10800), hour]:
         publish(s3, h)
-    marks[hour - 5 * HOUR] = hour
+    marks[hour - 5 * HOUR] = ["p"]
     ti = FakeTaskInstance()
 
     chosen = dag.get_task("plan_dump").python_callable(recent_window(dag, hour, dump="missing"), ti=ti, dag_run=MANUAL)
@@ -352,12 +367,12 @@ def test_late_hours_cassandra_no_longer_holds_are_reported_and_not_taken_up(dag,
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     for h in raw_dumps.horizon_hours(hour, 10800):
         publish(s3, h)
-    marks[hour - 5 * 24 * HOUR] = hour
+    marks[hour - 5 * 24 * HOUR] = ["p"]
     ti = FakeTaskInstance()
 
     dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=SCHEDULED)
 
-    assert "backfill" not in ti.pushed and ti.pushed["dump"]["also"] == ""
+    assert "late" not in ti.pushed and ti.pushed["dump"]["also"] == ""
     assert "which Cassandra no longer holds whole" in caplog.text
 
 
@@ -365,7 +380,7 @@ def test_a_backfill_run_leaves_late_hours_to_the_next_run_outside_it(dag, s3, ma
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 2 * HOUR
     for h in raw_dumps.horizon_hours(hour, 10800):
         publish(s3, h)
-    marks[hour - 5 * HOUR] = hour
+    marks[hour - 5 * HOUR] = ["p"]
     ti = FakeTaskInstance()
 
     dag.get_task("plan_dump").python_callable(recent_window(dag, hour), ti=ti, dag_run=BACKFILL)
@@ -400,7 +415,7 @@ def taken(dag, monkeypatch) -> list:
 
 
 PLANNED = {"hours": ["2026-01-01T05:00:00+00:00", "2026-01-01T06:00:00+00:00"], "drift_threshold": 0.5,
-           "replays": {"2026-01-01T05:00:00+00:00": "2026-01-01T09:30:00+00:00"}}
+           "replays": {"2026-01-01T05:00:00+00:00": ["p1"]}}
 
 
 def test_reconcile_late_hours_triggers_a_run_per_hour_then_takes_the_replays_up(dag, airflow_api, taken):
@@ -411,12 +426,24 @@ def test_reconcile_late_hours_triggers_a_run_per_hour_then_takes_the_replays_up(
     result = dag.get_task("reconcile_late_hours").python_callable(ti=ti)
 
     conf = {"dump": "missing", "drift_threshold": 0.5}
-    assert airflow_api.triggered == [
-        (DAG_ID, "late__20260101T05__scheduled__2026-01-01T10:00:00+00:00", {"hour": "2026-01-01T05:00:00+00:00", **conf}),
-        (DAG_ID, "late__20260101T06__scheduled__2026-01-01T10:00:00+00:00", {"hour": "2026-01-01T06:00:00+00:00", **conf}),
-    ]
-    assert taken == [{H10 - 5 * HOUR: H10 - 30 * timedelta(minutes=1)}]
+    assert [(dag_id, run_conf) for dag_id, _, run_conf in airflow_api.triggered] == [
+        (DAG_ID, {"hour": "2026-01-01T05:00:00+00:00", **conf}), (DAG_ID, {"hour": "2026-01-01T06:00:00+00:00", **conf})]
+    [first, second] = [run_id.split("__") for _, run_id, _ in airflow_api.triggered]
+    assert (first[:2], second[:2]) == (["late", "20260101T05"], ["late", "20260101T06"])
+    assert first[2] == second[2] and "__".join(first[3:]) == ti.run_id
+    assert taken == [{H10 - 5 * HOUR: ["p1"]}]
     assert result["runs"] == [run_id for _, run_id, _ in airflow_api.triggered]
+
+
+def test_a_retry_triggers_the_same_runs_and_new_replays_new_ones(dag, airflow_api, taken):
+    ti = FakeTaskInstance()
+    ti.run_id = "scheduled__2026-01-01T10:00:00+00:00"
+    task = dag.get_task("reconcile_late_hours").python_callable
+    ti.pushed["late"] = PLANNED
+    first, again = task(ti=ti)["runs"], task(ti=ti)["runs"]
+    ti.pushed["late"] = {**PLANNED, "replays": {"2026-01-01T05:00:00+00:00": ["p1", "p2"]}}
+
+    assert first == again and set(task(ti=ti)["runs"]).isdisjoint(first)
 
 
 def test_reconcile_late_hours_leaves_the_replays_pending_when_a_trigger_fails(dag, airflow_api, taken):

@@ -91,23 +91,24 @@ def test_a_stored_click_is_written_with_the_raw_click_ttl(cassandra, cfg):
     assert 3500 < raw.ttl <= 3600 and 3500 < by_impression.ttl <= 3600
 
 
-def test_a_late_hour_is_pending_until_its_latest_replay_is_taken_up_and_expires_with_the_raw_clicks(cassandra, cfg):
+def test_a_late_hour_is_pending_until_each_replay_pass_into_it_is_taken_up(cassandra, cfg):
     store = CassandraStore(cassandra, cfg["CASSANDRA_KEYSPACE"], 3600, cfg["RAW_CLICK_SHARDS"])
     hour = datetime(2000, 1, 1, random.randrange(24), tzinfo=timezone.utc) + timedelta(days=random.randrange(3000))
-    first, latest = hour + timedelta(hours=2), hour + timedelta(hours=2, minutes=30)
+    first, second, third = uuid.uuid1(), uuid.uuid1(), uuid.uuid1()
 
-    store.mark_late_hour(hour, first)
-    store.mark_late_hour(hour, latest)
-    assert store.pending_late_hours()[hour] == latest
+    store.mark_late_hour(hour, first, hour + timedelta(hours=2))
+    store.mark_late_hour(hour, first, hour + timedelta(hours=2, minutes=1))  # the same pass, a later click
+    store.mark_late_hour(hour, second, hour + timedelta(hours=3))
+    assert sorted(store.pending_late_hours()[hour]) == sorted([str(first), str(second)])
 
-    store.take_late_hours({hour: first})  # a run took up the first replay only
-    assert store.pending_late_hours()[hour] == latest
-    store.take_late_hours({hour: latest})
+    store.take_late_hours({hour: [str(first)]})  # a run took up the first pass only
+    assert store.pending_late_hours()[hour] == [str(second)]
+    store.take_late_hours({hour: [str(second)]})
     assert hour not in store.pending_late_hours()
-    store.mark_late_hour(hour, latest + timedelta(minutes=5))
-    assert store.pending_late_hours()[hour] == latest + timedelta(minutes=5)
+    store.mark_late_hour(hour, third, hour + timedelta(hours=4))
+    assert store.pending_late_hours()[hour] == [str(third)]
 
-    [row] = cassandra.execute(f"SELECT TTL(replayed_at) AS replayed, TTL(taken_at) AS taken FROM "
-                              f"{cfg['CASSANDRA_KEYSPACE']}.late_click_hours WHERE hour = %s", [hour])
+    [row] = cassandra.execute(f"SELECT TTL(replayed_at) AS ttl FROM {cfg['CASSANDRA_KEYSPACE']}.late_click_hours "
+                              "WHERE hour = %s", [hour])
     cassandra.execute(f"DELETE FROM {cfg['CASSANDRA_KEYSPACE']}.late_click_hours WHERE hour = %s", [hour])
-    assert 3500 < row.replayed <= 3600 and 3500 < row.taken <= 3600
+    assert 3500 < row.ttl <= 3600

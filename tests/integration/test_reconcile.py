@@ -399,7 +399,9 @@ def late_scenario(airflow, cassandra, cfg, store, dumps, tmp_path_factory):
 
     # The run of the hour after those takes the late hour up, and triggers the runs of the others.
     run_id, state, tasks = reconcile(airflow, hour + 2 * HOUR, drift_threshold=1)
-    late_runs = {h: f"late__{h:%Y%m%dT%H}__{run_id}" for h in (hour, after, hour + 3 * HOUR)}
+    triggered = [run for run in airflow._call("GET", f"/dags/{DAG}/dagRuns", params={"limit": 100})["dag_runs"]
+                 if run["dag_run_id"].startswith("late__") and run["dag_run_id"].endswith(f"__{run_id}")]
+    late_runs = {datetime.fromisoformat(run["conf"]["hour"]): run["dag_run_id"] for run in triggered}
     late_states = {h: airflow.wait_for_run(DAG, late_run, timeout=900) for h, late_run in late_runs.items()}
     late_confs = {h: airflow._call("GET", f"/dags/{DAG}/dagRuns/{late_run}")["conf"] for h, late_run in late_runs.items()}
     yield {"hour": hour, "ad": ad, "states": states, "before": before, "replayed": replayed, "marked": marked,
