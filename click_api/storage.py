@@ -125,10 +125,8 @@ class CassandraStore:
             f"INSERT INTO {keyspace}.late_click_hours (hour, replay_id, replayed_at) VALUES (?, ?, ?) USING TTL ?"
         )
         self._take_late_hour = session.prepare(f"DELETE FROM {keyspace}.late_click_hours WHERE hour = ? AND replay_id = ?")
-        for statement in (self._mark_late_hour, self._take_late_hour):
-            statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
         self._late_hours = f"SELECT hour, replay_id FROM {keyspace}.late_click_hours"
-        for statement in (self._insert_click, self._insert_by_impression):
+        for statement in (self._insert_click, self._insert_by_impression, self._mark_late_hour, self._take_late_hour):
             statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
         self._select_ad.consistency_level = ConsistencyLevel.LOCAL_ONE
 

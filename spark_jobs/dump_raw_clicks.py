@@ -137,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             run_id = new_run_id()
             prefix = raw_dumps.run_prefix(args.root, hour, run_id)
-            read_started_at = datetime.now(timezone.utc)  # every click stored before this is in the dump
             stats = write(extract(spark, args.keyspace, hour, hour + raw_dumps.HOUR, args.shards), store.url(prefix, "s3a"))
             manifest = raw_dumps.build_manifest(
-                args.root, hour, run_id, store.list_objects(prefix), stats, DUMP_COLUMNS, datetime.now(timezone.utc),
-                read_started_at,
+                args.root, hour, run_id, store.list_objects(prefix), stats, DUMP_COLUMNS, datetime.now(timezone.utc)
             )
             store.publish(manifest)
             summary = {

@@ -108,9 +108,6 @@ class Manifest:
     # The earliest issue time of the hour's impressions: how far back their earlier clicks can lie.
     # None for an empty hour, and in manifests written before it was recorded.
     min_issued_at: datetime | None = None
-    # When the dump began reading the hour from Cassandra: it holds every click stored before then.
-    # None in manifests written before it was recorded.
-    read_started_at: datetime | None = None
     version: int = MANIFEST_VERSION
 
     @property
@@ -136,7 +133,6 @@ class Manifest:
                 "checksum": self.checksum,
                 "columns": list(self.columns),
                 "created_at": iso(self.created_at),
-                "read_started_at": iso(self.read_started_at),
             },
             indent=1,
         )
@@ -163,7 +159,6 @@ class Manifest:
             checksum=body["checksum"],
             columns=tuple(body["columns"]),
             created_at=instant("created_at"),
-            read_started_at=instant("read_started_at"),
         )
 
 
@@ -175,7 +170,6 @@ def build_manifest(
     stats: Mapping,
     columns: Iterable[str],
     created_at: datetime,
-    read_started_at: datetime | None = None,
 ) -> Manifest:
     """The manifest of a finished run: its Parquet files (from a listing) and the rows' statistics.
 
@@ -203,7 +197,6 @@ def build_manifest(
         columns=tuple(columns),
         created_at=utc(created_at),
         min_issued_at=utc(stats["min_issued_at"]) if stats.get("min_issued_at") else None,
-        read_started_at=utc(read_started_at) if read_started_at else None,
     )
 
 

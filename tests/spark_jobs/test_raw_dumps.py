@@ -27,8 +27,7 @@ def run_files(hour: datetime, run_id: str, sizes=(10, 20)) -> dict[str, int]:
 
 def manifest(hour=H10, run_id="r1", **overrides) -> Manifest:
     return raw_dumps.build_manifest("raw_clicks", hour, run_id, run_files(hour, run_id), stats(**overrides),
-                                    ["minute", "clicked_at"], datetime(2026, 1, 1, 12, tzinfo=timezone.utc),
-                                    datetime(2026, 1, 1, 11, 58, tzinfo=timezone.utc))
+                                    ["minute", "clicked_at"], datetime(2026, 1, 1, 12, tzinfo=timezone.utc))
 
 
 # Hours and keys
@@ -95,18 +94,17 @@ def test_a_manifest_survives_its_json_round_trip():
 
     assert Manifest.from_json(original.to_json()) == original
     assert original.min_issued_at == H10 - timedelta(minutes=7)
-    assert original.read_started_at == datetime(2026, 1, 1, 11, 58, tzinfo=timezone.utc)
 
 
-def test_a_manifest_written_before_the_earliest_issue_and_read_times_were_recorded_still_reads():
+def test_a_manifest_written_before_the_earliest_issue_time_was_recorded_still_reads():
     import json
 
     body = json.loads(manifest().to_json())
-    del body["min_issued_at"], body["read_started_at"]
+    del body["min_issued_at"]
 
     read = Manifest.from_json(json.dumps(body))
 
-    assert (read.min_issued_at, read.read_started_at) == (None, None)
+    assert read.min_issued_at is None
     assert read.row_count == 3
 
 
