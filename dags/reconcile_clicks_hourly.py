@@ -285,7 +285,7 @@ def reconcile_clicks_hourly():
         log.info("dumping [%s, %s)%s", hours["start"], hours["end"], f" and {hours['also']}" if hours["also"] else "")
         return "dump_raw_clicks"
 
-    spark = {**submit_options(os.environ), **failure}
+    spark = {**submit_options(os.environ, s3=True), **failure}
     dump = SparkSubmitOperator(
         task_id="dump_raw_clicks",
         application=str(REPO / "spark_jobs" / "dump_raw_clicks.py"),

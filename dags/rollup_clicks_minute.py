@@ -123,7 +123,7 @@ def rollup_clicks_minute():
         application=str(REPO / "spark_jobs" / "fct_clicks_minute.py"),
         application_args=["--start", PLAN.format("start"), "--end", PLAN.format("end"), "--output", PLAN.format("output")],
         name="fct_clicks_minute",
-        **submit_options(os.environ),
+        **submit_options(os.environ, s3=False),
     )
 
     @task
