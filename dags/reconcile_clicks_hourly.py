@@ -253,7 +253,7 @@ def reconcile_clicks_hourly():
         # so do backfill runs: Airflow runs them beside the scheduled ones, which may be recomputing
         # the hours a new dump would replace.
         if window["dump"] is True and getattr(dag_run, "run_type", None) != "backfill":
-            earlier_late = sorted(h for h in _late_marks().items() if h[0] < hour)
+            earlier_late = sorted((h, passes) for h, passes in _late_marks().items() if h < hour)
             late = dict(earlier_late[:MAX_LATE_HOURS])
             if later := [h for h, _ in earlier_late[MAX_LATE_HOURS:]]:
                 log.warning("clicks were also replayed late into %s: left pending for the next runs", _hours_text(later))

@@ -45,18 +45,18 @@ def window_parser(description: str) -> argparse.ArgumentParser:
 S3_JAR_PREFIXES = ("hadoop-aws-", "aws-java-sdk-bundle-")
 
 
-def job_jars(jars_dir: Path, s3: bool) -> list[Path]:
-    """The jars of ``jars_dir`` a job needs: the Cassandra connector's always (the session loads its
-    SQL extensions), the S3 ones only when ``s3``."""
-    return [p for p in sorted(jars_dir.glob("*.jar")) if s3 or not p.name.startswith(S3_JAR_PREFIXES)]
+def spark_jars(environ: Mapping[str, str], s3: bool) -> str:
+    """spark-submit's ``--jars``: the jars under CLICKAGG_SPARK_JARS a job needs, comma-separated
+    (empty when there are none). The Cassandra connector's always (the session loads its SQL
+    extensions), the S3 ones only when ``s3``: the job reads or writes the S3 dumps."""
+    jars_dir = Path(environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
+    return ",".join(str(p) for p in sorted(jars_dir.glob("*.jar")) if s3 or not p.name.startswith(S3_JAR_PREFIXES))
 
 
 def submit_options(environ: Mapping[str, str], s3: bool) -> dict:
-    """The SparkSubmitOperator arguments every DAG's Spark task shares (see the README's table);
-    ``s3``: the job reads or writes the S3 dumps."""
-    jars_dir = Path(environ.get("CLICKAGG_SPARK_JARS", str(REPO / ".local" / "spark" / "jars")))
+    """The SparkSubmitOperator arguments every DAG's Spark task shares (see the README's table)."""
     return {
-        "jars": ",".join(str(p) for p in job_jars(jars_dir, s3)) or None,
+        "jars": spark_jars(environ, s3) or None,
         "driver_memory": environ.get("SPARK_DRIVER_MEMORY", "2g"),
         "conf": {"spark.sql.shuffle.partitions": environ.get("SPARK_SHUFFLE_PARTITIONS", "4")},
         "env_vars": {"PYTHONPATH": str(REPO)},

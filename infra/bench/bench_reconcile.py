@@ -144,9 +144,9 @@ def write_earlier_dumps(spark, args) -> None:
 
 def spark_submit(script: str, args: list[str]) -> tuple[float, dict | None]:
     """Run a job as the DAG does; return its wall seconds and the JSON summary it printed."""
-    from spark_jobs.session import job_jars
+    from spark_jobs.session import spark_jars
 
-    jars = ",".join(str(p) for p in job_jars(Path(os.environ["CLICKAGG_SPARK_JARS"]), s3=True))
+    jars = spark_jars(os.environ, s3=True)
     command = [
         str(Path(os.environ.get("VENV", REPO / ".venv")) / "bin" / "spark-submit"),
         "--master", os.environ.get("SPARK_MASTER", "local[2]"), "--jars", jars,

@@ -106,7 +106,7 @@ def batch(args) -> dict:
     from click_api.storage import connect, migrate
     from click_api.windows import Windows
     from spark_jobs.fct_clicks_minute import may_have_clicks_before
-    from spark_jobs.session import build_session, job_jars
+    from spark_jobs.session import build_session, spark_jars
     from warehouse import connect as warehouse_connect
     from warehouse import loads, schema
 
@@ -145,7 +145,7 @@ def batch(args) -> dict:
           f"{lookups:,} predate the window", flush=True)
 
     output = REPO / ".local" / "bench" / "rollup-output"
-    jars = ",".join(str(p) for p in job_jars(Path(os.environ["CLICKAGG_SPARK_JARS"]), s3=False))
+    jars = spark_jars(os.environ, s3=False)
     command = [
         "spark-submit", "--master", os.environ.get("SPARK_MASTER", "local[2]"), "--jars", jars,
         "--driver-memory", os.environ.get("SPARK_DRIVER_MEMORY", "2g"),
